@@ -1,0 +1,1 @@
+"""The content-addressed layer: digests, nodes, directories and their services."""

@@ -1,0 +1,165 @@
+"""The BlobService interface and the readers and writers it hands out."""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from cafs.castore.digest import Digest
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMeta:
+    """One chunk of a blob: its own digest and length."""
+
+    digest: Digest
+    size: int
+
+
+class BlobReader(ABC):
+    """A seekable, async reader over one blob.
+
+    ``read(n)`` returns exactly ``n`` bytes unless the end of the blob comes
+    first. Seeking past the end is an error; seeking to the end is allowed.
+    """
+
+    @property
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @abstractmethod
+    def tell(self) -> int: ...
+
+    @abstractmethod
+    async def read(self, n: int = -1) -> bytes: ...
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self.tell() + offset
+        elif whence == io.SEEK_END:
+            target = self.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if target < 0:
+            raise ValueError("seek before the start of the blob")
+        if target > self.size:
+            raise ValueError("seek beyond the end of the blob")
+        self._set_position(target)
+        return target
+
+    @abstractmethod
+    def _set_position(self, position: int) -> None: ...
+
+    async def close(self) -> None:  # noqa: B027 - most readers hold nothing to release
+        """Release what the reader holds."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class BytesBlobReader(BlobReader):
+    """A reader over a blob held in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _set_position(self, position: int) -> None:
+        self._pos = position
+
+    async def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else min(len(self._data), self._pos + n)
+        out = self._data[self._pos : end]
+        self._pos = max(self._pos, end)
+        return out
+
+
+class BlobWriter(ABC):
+    """Receives a blob's bytes; ``close()`` stores it and returns its digest.
+
+    The blob becomes visible to readers only when ``close()`` returns. A
+    writer that is dropped or ``abort()``-ed leaves nothing visible.
+    """
+
+    @abstractmethod
+    async def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> Digest: ...
+
+    async def abort(self) -> None:  # noqa: B027 - writers with no staged state need nothing
+        """Discard what was written."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            await self.abort()
+
+
+class BlobService(ABC):
+    """Stores blobs by the BLAKE3 digest of their whole contents.
+
+    A missing blob is ``None`` / ``False``, not an error. Backends that store
+    chunks answer ``has`` and ``open_read`` for chunk digests too.
+    """
+
+    @abstractmethod
+    async def has(self, digest: Digest) -> bool: ...
+
+    @abstractmethod
+    async def open_read(self, digest: Digest) -> BlobReader | None: ...
+
+    @abstractmethod
+    async def open_write(self) -> BlobWriter: ...
+
+    async def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
+        """The chunks a blob is stored as: None if absent, [] if it has no finer chunks."""
+        return [] if await self.has(digest) else None
+
+    async def put(self, data: bytes) -> Digest:
+        """Store ``data`` in one call."""
+        writer = await self.open_write()
+        try:
+            await writer.write(data)
+        except BaseException:
+            await writer.abort()
+            raise
+        return await writer.close()
+
+    async def read_all(self, digest: Digest) -> bytes | None:
+        """The whole blob in memory (for small blobs and tests)."""
+        reader = await self.open_read(digest)
+        if reader is None:
+            return None
+        async with reader:
+            return await reader.read()
+
+    async def close(self) -> None:  # noqa: B027 - backends without resources keep the default
+        """Release connections, threads and files."""

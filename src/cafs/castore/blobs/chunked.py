@@ -1,0 +1,135 @@
+"""A seekable reader over a blob stored as a list of chunks.
+
+Chunks are fetched on demand (each verified by the fetch function), the one
+after the current chunk is prefetched while the caller consumes, and a read
+that walks the blob from start to end also checks the whole-blob digest, so
+a chunk list that does not add up to the blob is caught, not served silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import blake3
+
+from cafs.castore.blobs.base import BlobReader, ChunkMeta
+from cafs.castore.digest import Digest
+from cafs.errors import IntegrityError
+
+ChunkFetcher = Callable[[ChunkMeta], Awaitable[bytes]]
+"""Returns a chunk's verified bytes; raises if the chunk is missing or corrupt."""
+
+
+class ChunkedBlobReader(BlobReader):
+    def __init__(self, digest: Digest, chunks: Sequence[ChunkMeta], fetch: ChunkFetcher) -> None:
+        if not chunks:
+            raise ValueError("a chunked blob needs at least one chunk")
+        self._digest = digest
+        self._chunks = list(chunks)
+        self._fetch = fetch
+        self._starts: list[int] = []
+        total = 0
+        for chunk in self._chunks:
+            self._starts.append(total)
+            total += chunk.size
+        self._size = total
+        self._pos = 0
+        self._cached_index = -1
+        self._cached: bytes = b""
+        self._prefetch: tuple[int, asyncio.Task[bytes]] | None = None
+        # Whole-blob verification while reads stay sequential from offset 0.
+        self._hasher: blake3.blake3 | None = blake3.blake3()
+        self._hashed = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _set_position(self, position: int) -> None:
+        self._pos = position
+
+    def chunk_index(self, position: int) -> int | None:
+        """Index of the chunk holding byte ``position``, or None past the end."""
+        if position < 0 or position >= self._size:
+            return None
+        return bisect.bisect_right(self._starts, position) - 1
+
+    async def _chunk(self, index: int) -> bytes:
+        if index == self._cached_index:
+            return self._cached
+        data: bytes
+        if self._prefetch is not None and self._prefetch[0] == index:
+            data = await self._prefetch[1]
+            self._prefetch = None
+        else:
+            self._cancel_prefetch()
+            data = await self._fetch(self._chunks[index])
+        if len(data) != self._chunks[index].size:
+            raise IntegrityError(
+                f"blob {self._digest}: chunk {self._chunks[index].digest} has "
+                f"{len(data)} bytes, the chunk list says {self._chunks[index].size}"
+            )
+        self._cached_index, self._cached = index, data
+        following = index + 1
+        if following < len(self._chunks) and self._prefetch is None:
+            task = asyncio.ensure_future(self._fetch(self._chunks[following]))
+            # A failed prefetch is reported when (if ever) the chunk is read.
+            task.add_done_callback(_consume_exception)
+            self._prefetch = (following, task)
+        return data
+
+    def _cancel_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch[1].cancel()
+            self._prefetch = None
+
+    async def read(self, n: int = -1) -> bytes:
+        end = self._size if n < 0 else min(self._size, self._pos + n)
+        parts: list[bytes] = []
+        pos = self._pos
+        while pos < end:
+            index = self.chunk_index(pos)
+            assert index is not None
+            data = await self._chunk(index)
+            start = self._starts[index]
+            piece = data[pos - start : min(len(data), end - start)]
+            parts.append(piece)
+            pos += len(piece)
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._account(self._pos, out)
+        self._pos = pos
+        return out
+
+    def _account(self, offset: int, data: bytes) -> None:
+        if self._hasher is None:
+            return
+        if offset != self._hashed:
+            if offset > self._hashed:
+                self._hasher = None  # a jump ahead: sequential verification no longer applies
+            return
+        self._hasher.update(data)
+        self._hashed += len(data)
+        if self._hashed == self._size:
+            actual = self._hasher.digest()
+            self._hasher = None
+            if actual != self._digest:
+                raise IntegrityError(
+                    f"blob {self._digest}: its chunks hash to {Digest(actual)}; "
+                    "the blob index is corrupt"
+                )
+
+    async def close(self) -> None:
+        self._cancel_prefetch()
+        self._cached = b""
+
+
+def _consume_exception(task: asyncio.Task[bytes]) -> None:
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.exception()

@@ -1,0 +1,276 @@
+"""``objectstore+…``: blobs as content-defined, zstd-compressed chunks.
+
+On-disk layout, shared with tvix so either can read what the other wrote:
+
+- ``chunks/b3/<first 2 bytes, hex>/<digest hex>``: one chunk, zstd-compressed;
+- ``blobs/b3/<first 2 bytes, hex>/<digest hex>``: the blob index, a raw
+  ``StatBlobResponse`` listing the chunks; empty when the blob is one chunk
+  (then the chunk's digest is the blob's digest).
+
+Chunk boundaries come from FastCDC 2020 (min = avg/2, max = 2·avg, average
+256 KiB), the algorithm and gear table tvix's chunker uses, so equal data
+chunks alike in both. Every chunk is checked against its digest when read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import blake3
+import zstandard
+from pyfastcdc import FastCDC
+
+from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, BytesBlobReader, ChunkMeta
+from cafs.castore.blobs.chunked import ChunkedBlobReader
+from cafs.castore.digest import EMPTY_DIGEST, Digest
+from cafs.castore.objectstore import ObjectStorage, Staged
+from cafs.errors import IntegrityError, StorageError
+from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AVG_CHUNK_SIZE = 256 * 1024
+ZSTD_LEVEL = 3
+# Compressed chunks are expanded to at most this many bytes (decompression bombs).
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+# Bytes buffered by a writer before they are chunked and staged.
+WRITE_BATCH = 8 * 1024 * 1024
+# A chunk whose sample compresses worse than this is stored at zstd level 1:
+# it is incompressible, and level 3 would spend 5x the time to gain nothing.
+_INCOMPRESSIBLE_RATIO = 0.9
+_SAMPLE = 64 * 1024
+
+
+def chunk_key(digest: bytes) -> str:
+    h = digest.hex()
+    return f"chunks/b3/{h[:4]}/{h}"
+
+
+def blob_key(digest: bytes) -> str:
+    h = digest.hex()
+    return f"blobs/b3/{h[:4]}/{h}"
+
+
+def compress_chunk(data: bytes | memoryview) -> bytes:
+    if len(data) > 2 * _SAMPLE:
+        sample = zstandard.ZstdCompressor(level=1).compress(data[:_SAMPLE])
+        if len(sample) > _INCOMPRESSIBLE_RATIO * _SAMPLE:
+            return zstandard.ZstdCompressor(level=1).compress(data)
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+
+def decompress_chunk(key: str, data: bytes) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(data)
+        if 0 <= declared <= MAX_CHUNK_SIZE:
+            return zstandard.ZstdDecompressor().decompress(data, max_output_size=declared)
+        reader = zstandard.ZstdDecompressor().stream_reader(data)
+        out = reader.read(MAX_CHUNK_SIZE + 1)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"object {key} is not valid zstd data: {exc}") from exc
+    if len(out) > MAX_CHUNK_SIZE:
+        raise IntegrityError(f"object {key} expands to more than {MAX_CHUNK_SIZE} bytes")
+    return out
+
+
+def load_verified_chunk(storage: ObjectStorage, digest: Digest) -> bytes | None:
+    """A chunk's bytes, checked against its digest (blocking; run in a thread)."""
+    key = chunk_key(digest)
+    raw = storage.get_sync(key)
+    if raw is None:
+        return None
+    data = decompress_chunk(key, raw)
+    actual = blake3.blake3(data).digest()
+    if actual != digest:
+        raise IntegrityError(
+            f"chunk {digest} is corrupt: its contents hash to {Digest(actual)} ({key})"
+        )
+    return data
+
+
+class ObjectStoreBlobService(BlobService):
+    def __init__(
+        self, storage: ObjectStorage, avg_chunk_size: int = DEFAULT_AVG_CHUNK_SIZE
+    ) -> None:
+        self.storage = storage
+        self.avg_chunk_size = avg_chunk_size
+
+    async def has(self, digest: Digest) -> bool:
+        if await self.storage.exists(blob_key(digest)):
+            return True
+        return await self.storage.exists(chunk_key(digest))
+
+    async def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
+        index = await self._index(digest)
+        if index is not None:
+            return index
+        return [] if await self.storage.exists(chunk_key(digest)) else None
+
+    async def _index(self, digest: Digest) -> list[ChunkMeta] | None:
+        key = blob_key(digest)
+        raw = await self.storage.get(key)
+        if raw is None:
+            return None
+        msg = rpc_blobstore_pb2.StatBlobResponse()
+        try:
+            msg.ParseFromString(raw)
+            return [ChunkMeta(Digest(c.digest), c.size) for c in msg.chunks]
+        except Exception as exc:
+            raise IntegrityError(f"blob index {key} is corrupt: {exc}") from exc
+
+    async def open_read(self, digest: Digest) -> BlobReader | None:
+        if digest == EMPTY_DIGEST:
+            return BytesBlobReader(b"")
+        data = await asyncio.to_thread(load_verified_chunk, self.storage, digest)
+        if data is not None:
+            return BytesBlobReader(data)
+        chunks = await self._index(digest)
+        if not chunks:
+            # No index, or an index for a single chunk whose object is gone.
+            return None
+        return ChunkedBlobReader(digest, chunks, self._fetch_chunk)
+
+    async def _fetch_chunk(self, chunk: ChunkMeta) -> bytes:
+        data = await asyncio.to_thread(load_verified_chunk, self.storage, chunk.digest)
+        if data is None:
+            raise StorageError(f"chunk {chunk.digest} not found ({chunk_key(chunk.digest)})")
+        return data
+
+    async def open_write(self) -> BlobWriter:
+        return ObjectStoreBlobWriter(self)
+
+    async def close(self) -> None:
+        await self.storage.close()
+
+
+class ObjectStoreBlobWriter(BlobWriter):
+    """Buffers, chunks, compresses and stages a blob; ``close`` commits it.
+
+    CPU work (hashing, chunking, compressing) and disk writes run on worker
+    threads, several chunks at once, so a large blob keeps every core busy.
+    """
+
+    def __init__(self, service: ObjectStoreBlobService) -> None:
+        self._service = service
+        self._storage = service.storage
+        avg = service.avg_chunk_size
+        self._chunker = FastCDC(avg, min_size=avg // 2, max_size=avg * 2)
+        self._buffer = bytearray()
+        self._hashed = 0  # bytes of _buffer already fed to the hasher
+        self._hasher = blake3.blake3()
+        self._chunks: list[ChunkMeta] = []
+        self._staged: list[Staged] = []
+        self._closed = False
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise ValueError("write to a closed blob writer")
+        self._buffer += data
+        if len(self._buffer) >= WRITE_BATCH:
+            await self._flush(final=False)
+
+    async def _flush(self, final: bool) -> None:
+        """Chunk the buffer; stage every complete chunk (all of them if final)."""
+        buffer = bytes(self._buffer)
+        start_hash = self._hashed
+
+        def cut() -> list[tuple[int, int]]:
+            self._hasher.update(memoryview(buffer)[start_hash:])
+            return [(c.offset, c.length) for c in self._chunker.cut_buf(buffer)]
+
+        bounds = await asyncio.to_thread(cut)
+        if not final:
+            # The last chunk may have been cut short by the end of the buffer.
+            bounds = bounds[:-1]
+        consumed = sum(length for _, length in bounds)
+        view = memoryview(buffer)
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self._stage_chunk, view[o : o + n]) for o, n in bounds),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            meta, staged = result
+            self._chunks.append(meta)
+            if staged is not None:
+                self._staged.append(staged)
+        self._buffer = bytearray(buffer[consumed:])
+        self._hashed = len(self._buffer)
+
+    def _stage_chunk(self, data: memoryview) -> tuple[ChunkMeta, Staged | None]:
+        digest = Digest(blake3.blake3(data).digest())
+        key = chunk_key(digest)
+        if self._storage.exists_sync(key):
+            return ChunkMeta(digest, len(data)), None
+        return ChunkMeta(digest, len(data)), self._storage.stage(key, compress_chunk(data))
+
+    async def close(self) -> Digest:
+        if self._closed:
+            raise ValueError("blob writer closed twice")
+        self._closed = True
+        try:
+            if not self._chunks:
+                # The whole blob is in the buffer: finish it in one worker-thread hop.
+                digest, staged = await asyncio.to_thread(self._finish_buffered)
+                self._staged.extend(staged)
+            else:
+                await self._flush(final=True)
+                digest = Digest(self._hasher.digest())
+                self._staged.extend(await asyncio.to_thread(self._stage_index, digest))
+            # Chunks first, the index last: an index is never visible before its chunks.
+            await self._storage.commit(self._staged)
+            self._staged = []
+            return digest
+        except BaseException:
+            await self.abort()
+            raise
+
+    def _finish_buffered(self) -> tuple[Digest, list[Staged]]:
+        buffer = bytes(self._buffer)
+        self._buffer = bytearray()
+        view = memoryview(buffer)
+        self._hasher.update(view[self._hashed :])
+        digest = Digest(self._hasher.digest())
+        staged: list[Staged] = []
+        try:
+            if len(buffer) <= self._chunker.min_size:
+                bounds = [(0, len(buffer))] if buffer else []
+            else:
+                bounds = [(c.offset, c.length) for c in self._chunker.cut_buf(buffer)]
+            for offset, length in bounds:
+                meta, item = self._stage_chunk(view[offset : offset + length])
+                self._chunks.append(meta)
+                if item is not None:
+                    staged.append(item)
+            staged.extend(self._stage_index(digest))
+        except BaseException:
+            self._storage.discard(staged)
+            raise
+        return digest, staged
+
+    def _stage_index(self, digest: Digest) -> list[Staged]:
+        key = blob_key(digest)
+        if self._storage.exists_sync(key):
+            return []
+        return [self._storage.stage(key, _index_bytes(digest, self._chunks))]
+
+    async def abort(self) -> None:
+        self._closed = True
+        staged, self._staged = self._staged, []
+        if staged:
+            await asyncio.to_thread(self._storage.discard, staged)
+        self._buffer = bytearray()
+
+
+def _index_bytes(digest: Digest, chunks: Sequence[ChunkMeta]) -> bytes:
+    msg = rpc_blobstore_pb2.StatBlobResponse()
+    if len(chunks) > 1:
+        for chunk in chunks:
+            msg.chunks.add(digest=chunk.digest, size=chunk.size)
+    elif chunks and chunks[0].digest != digest:
+        raise AssertionError("a single-chunk blob must be its own chunk")
+    return msg.SerializeToString(deterministic=True)
+

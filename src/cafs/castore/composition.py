@@ -1,0 +1,107 @@
+"""Turning service URLs into services.
+
+One function per service kind, each a table from URL scheme to backend, as
+tvix's ``from_addr``. Every refusal is an ``InvalidAddressError`` naming the
+URL and the reason in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+from cafs.castore.blobs.base import BlobService
+from cafs.castore.directories.base import DirectoryService
+from cafs.errors import InvalidAddressError
+
+REMOTE_SCHEMES = ("grpc+unix", "grpc+http", "grpc+https")
+OBJECT_STORE_CLOUD = ("s3", "gs", "az", "azure", "abfs", "http", "https")
+
+
+def parse_url(url: str) -> SplitResult:
+    if "://" not in url:
+        raise InvalidAddressError(url, "expected a URL such as memory:// or sqlite:///path")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise InvalidAddressError(url, str(exc)) from None
+    if not parts.scheme:
+        raise InvalidAddressError(url, "missing scheme")
+    return parts
+
+
+def _no_query(url: str, parts: SplitResult) -> None:
+    if parts.query:
+        names = ", ".join(sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}))
+        raise InvalidAddressError(url, f"unsupported option(s): {names or parts.query}")
+
+
+def _memory(url: str, parts: SplitResult) -> None:
+    if parts.netloc or parts.path:
+        raise InvalidAddressError(url, "memory:// takes no host and no path")
+    _no_query(url, parts)
+
+
+def _local_path(url: str, parts: SplitResult, what: str) -> Path:
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidAddressError(url, f"{what} URLs take no host (use three slashes)")
+    path = unquote(parts.path)
+    if not path.startswith("/"):
+        raise InvalidAddressError(url, f"{what} needs an absolute path")
+    if path == "/":
+        raise InvalidAddressError(url, "refusing to use / as a store")
+    return Path(path)
+
+
+def _unsupported_remote(url: str, parts: SplitResult) -> InvalidAddressError:
+    return InvalidAddressError(url, f"scheme {parts.scheme!r} is not supported by this cafs build")
+
+
+def blob_service_from_addr(url: str) -> BlobService:
+    parts = parse_url(url)
+    scheme = parts.scheme
+    if scheme == "memory":
+        from cafs.castore.blobs.memory import MemoryBlobService
+
+        _memory(url, parts)
+        return MemoryBlobService()
+    if scheme.startswith("objectstore+"):
+        from cafs.castore.blobs.objectstore import ObjectStoreBlobService
+        from cafs.castore.objectstore import FileObjectStorage, MemoryObjectStorage
+
+        inner = scheme.removeprefix("objectstore+")
+        if inner == "file":
+            _no_query(url, parts)
+            return ObjectStoreBlobService(FileObjectStorage(_local_path(url, parts, "file")))
+        if inner == "memory":
+            if parts.netloc or parts.path not in ("", "/"):
+                raise InvalidAddressError(url, "objectstore+memory:/// takes no host and no path")
+            _no_query(url, parts)
+            return ObjectStoreBlobService(MemoryObjectStorage())
+        if inner in OBJECT_STORE_CLOUD:
+            raise _unsupported_remote(url, parts)
+        raise InvalidAddressError(url, f"unknown object store scheme {inner!r}")
+    if scheme in REMOTE_SCHEMES:
+        raise _unsupported_remote(url, parts)
+    raise InvalidAddressError(url, f"unknown blob service scheme {scheme!r}")
+
+
+def directory_service_from_addr(url: str) -> DirectoryService:
+    parts = parse_url(url)
+    scheme = parts.scheme
+    if scheme == "memory":
+        from cafs.castore.directories.memory import MemoryDirectoryService
+
+        _memory(url, parts)
+        return MemoryDirectoryService()
+    if scheme == "sqlite":
+        from cafs.castore.directories.sqlite import SqliteDirectoryService
+
+        _no_query(url, parts)
+        if not parts.netloc and not parts.path:
+            return SqliteDirectoryService(None)  # sqlite:// is a throwaway in-memory store
+        return SqliteDirectoryService(_local_path(url, parts, "sqlite"))
+    if scheme in REMOTE_SCHEMES or scheme.startswith("objectstore+"):
+        raise _unsupported_remote(url, parts)
+    raise InvalidAddressError(url, f"unknown directory service scheme {scheme!r}")

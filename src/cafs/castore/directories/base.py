@@ -1,0 +1,101 @@
+"""The DirectoryService interface and the closure putter."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator
+
+from cafs.castore.closure import LeavesToRootValidator
+from cafs.castore.digest import Digest
+from cafs.castore.directory import Directory
+from cafs.errors import IntegrityError, StorageError
+
+
+class DirectoryPutter(ABC):
+    """Takes a closure leaves first; ``close`` validates it, stores it, returns the root."""
+
+    @abstractmethod
+    async def put(self, directory: Directory) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> Digest: ...
+
+
+class DirectoryService(ABC):
+    """Stores Directory messages by digest.
+
+    Every Directory handed out is valid and hashes to the digest it was asked
+    for. A missing directory is ``None``, not an error.
+    """
+
+    @abstractmethod
+    async def get(self, digest: Digest) -> Directory | None: ...
+
+    @abstractmethod
+    async def put(self, directory: Directory) -> Digest:
+        """Store one directory. Children are not checked (use a putter for that)."""
+
+    async def put_many(self, directories: list[Directory]) -> None:
+        """Store directories that were already validated as a closure."""
+        for directory in directories:
+            await self.put(directory)
+
+    async def get_recursive(self, root: Digest) -> AsyncIterator[Directory]:
+        """The closure of ``root``: root first, each directory once; empty if absent.
+
+        A directory referenced but missing is an error (the closure has a hole).
+        """
+        queue: deque[Digest] = deque([root])
+        seen = {root}
+        first = True
+        while queue:
+            digest = queue.popleft()
+            directory = await self.get(digest)
+            if directory is None:
+                if first:
+                    return
+                raise StorageError(f"directory {digest} is referenced but missing")
+            first = False
+            yield directory
+            for _, child in directory.directories():
+                if child.digest not in seen:
+                    seen.add(child.digest)
+                    queue.append(child.digest)
+
+    def put_multiple_start(self) -> DirectoryPutter:
+        return ValidatingPutter(self)
+
+    async def close(self) -> None:  # noqa: B027 - backends without resources keep the default
+        """Release connections and threads."""
+
+
+class ValidatingPutter(DirectoryPutter):
+    """Buffers a closure, checks it as a whole, then stores it in one go."""
+
+    def __init__(self, service: DirectoryService) -> None:
+        self._service = service
+        self._validator = LeavesToRootValidator()
+        self._closed = False
+
+    async def put(self, directory: Directory) -> None:
+        if self._closed:
+            raise ValueError("put on a closed directory putter")
+        self._validator.add(directory)
+
+    async def close(self) -> Digest:
+        if self._closed:
+            raise ValueError("directory putter closed twice")
+        self._closed = True
+        root, directories = self._validator.finish()
+        await self._service.put_many(directories)
+        return root
+
+
+def check_digest(expected: Digest, directory: Directory) -> Directory:
+    """Refuse a stored directory that does not hash to the digest it is stored under."""
+    if directory.digest != expected:
+        raise IntegrityError(
+            f"directory {expected} is corrupt: it hashes to {directory.digest}"
+        )
+    return directory

@@ -1,0 +1,201 @@
+"""The ``cafs`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from cafs import __version__
+from cafs.castore.digest import Digest
+from cafs.castore.directory import Directory
+from cafs.castore.ingest import ingest_path
+from cafs.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from cafs.config import CastoreServices
+from cafs.errors import CafsError
+from cafs.progress import ingest_progress
+
+P = ParamSpec("P")
+T = TypeVar("T")
+log = logging.getLogger("cafs")
+
+LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"]
+
+
+class CommandError(CafsError):
+    """A user mistake the CLI reports in one line."""
+
+
+def run_async(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """Run an async command; cafs errors become one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return asyncio.run(func(*args, **kwargs))
+        except CafsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def castore_service_options(func: Callable[P, T]) -> Callable[P, T]:
+    """The service URL flags (also read from the environment), as in tvix."""
+    func = click.option(
+        "--directory-service-addr",
+        envvar="DIRECTORY_SERVICE_ADDR",
+        metavar="URL",
+        help="Directory service URL [default: the embedded store].",
+    )(func)
+    func = click.option(
+        "--blob-service-addr",
+        envvar="BLOB_SERVICE_ADDR",
+        metavar="URL",
+        help="Blob service URL [default: the embedded store].",
+    )(func)
+    return func
+
+
+async def with_services(
+    blob_addr: str | None,
+    directory_addr: str | None,
+    body: Callable[[CastoreServices], Awaitable[T]],
+) -> T:
+    services = CastoreServices.from_addrs(blob_addr, directory_addr)
+    try:
+        return await body(services)
+    finally:
+        await services.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    envvar="CAFS_LOG_LEVEL",
+    show_default=True,
+    help="Log messages at this level and above (to stderr).",
+)
+@click.version_option(__version__, prog_name="cafs")
+def main(log_level: str) -> None:
+    """cafs: a content-addressed store with a lazy, read-only FUSE filesystem."""
+    level = log_level.upper()
+    level = {"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level)
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.group()
+def castore() -> None:
+    """Content-addressed store: blobs and directories."""
+
+
+def describe_node(node: Node) -> str:
+    if isinstance(node, DirectoryNode):
+        return f"directory {node.digest} size {node.size}"
+    if isinstance(node, FileNode):
+        exe = " executable" if node.executable else ""
+        return f"file {node.digest} size {node.size}{exe}"
+    return f"symlink -> {os.fsdecode(node.target)}"
+
+
+@castore.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@castore_service_options
+@run_async
+async def castore_ingest(
+    paths: tuple[str, ...], blob_service_addr: str | None, directory_service_addr: str | None
+) -> None:
+    """Import files, symlinks or directory trees; print each root node."""
+
+    async def body(services: CastoreServices) -> None:
+        for path in paths:
+            with ingest_progress(path) as progress:
+                node = await ingest_path(path, services.blobs, services.directories, progress)
+            click.echo(f"{path}: {describe_node(node)}")
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+@castore.command("cat")
+@click.argument("digest")
+@castore_service_options
+@run_async
+async def castore_cat(
+    digest: str, blob_service_addr: str | None, directory_service_addr: str | None
+) -> None:
+    """Write a blob to standard output."""
+    wanted = Digest.parse(digest)
+
+    async def body(services: CastoreServices) -> None:
+        reader = await services.blobs.open_read(wanted)
+        if reader is None:
+            raise CommandError(f"blob {wanted} not found")
+        out = sys.stdout.buffer
+        async with reader:
+            while block := await reader.read(1 << 20):
+                out.write(block)
+        out.flush()
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+def listing_line(path: str, node: Node) -> str:
+    if isinstance(node, DirectoryNode):
+        return f"directory   {node.digest} {node.size:>12}  {path}/"
+    if isinstance(node, FileNode):
+        kind = "executable" if node.executable else "file"
+        return f"{kind:<11} {node.digest} {node.size:>12}  {path}"
+    return f"{'symlink':<11} {'-':<47} {'-':>12}  {path} -> {os.fsdecode(node.target)}"
+
+
+@castore.command("ls")
+@click.argument("digest")
+@click.option("-r", "--recursive", is_flag=True, help="List subdirectories too.")
+@castore_service_options
+@run_async
+async def castore_ls(
+    digest: str,
+    recursive: bool,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+) -> None:
+    """List a directory: kind, digest, size and name of each entry."""
+    wanted = Digest.parse(digest)
+
+    async def body(services: CastoreServices) -> None:
+        root = await services.directories.get(wanted)
+        if root is None:
+            raise CommandError(f"directory {wanted} not found")
+
+        async def show(directory: Directory, prefix: str) -> None:
+            for name, node in directory:
+                path = prefix + os.fsdecode(name)
+                click.echo(listing_line(path, node))
+                if recursive and isinstance(node, DirectoryNode):
+                    child = await services.directories.get(node.digest)
+                    if child is None:
+                        raise CommandError(f"directory {node.digest} ({path}) not found")
+                    await show(child, path + "/")
+
+        await show(root, "")
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Where the embedded store lives, and the service URLs it is made of."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from cafs.castore.blobs.base import BlobService
+from cafs.castore.composition import blob_service_from_addr, directory_service_from_addr
+from cafs.castore.directories.base import DirectoryService
+
+
+def store_home() -> Path:
+    """``$CAFS_HOME``, else ``$XDG_DATA_HOME/cafs``, else ``~/.local/share/cafs``."""
+    explicit = os.environ.get("CAFS_HOME")
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return Path(xdg).expanduser().absolute() / "cafs"
+    return Path.home() / ".local" / "share" / "cafs"
+
+
+def default_blob_service_addr() -> str:
+    return "objectstore+file://" + quote(str(store_home() / "objects"))
+
+
+def default_directory_service_addr() -> str:
+    return "sqlite://" + quote(str(store_home() / "directories.sqlite"))
+
+
+@dataclass
+class CastoreServices:
+    """The castore services one command works with."""
+
+    blobs: BlobService
+    directories: DirectoryService
+
+    @classmethod
+    def from_addrs(cls, blob_addr: str | None, directory_addr: str | None) -> CastoreServices:
+        blobs = blob_service_from_addr(blob_addr or default_blob_service_addr())
+        directories = directory_service_from_addr(
+            directory_addr or default_directory_service_addr()
+        )
+        return cls(blobs, directories)
+
+    async def close(self) -> None:
+        await self.blobs.close()
+        await self.directories.close()

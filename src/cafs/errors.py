@@ -1,0 +1,52 @@
+"""The exceptions cafs raises.
+
+One hierarchy for the whole project: the front ends map it once at their edge
+(FUSE to an errno, gRPC to a status code, the CLI to a one-line message and
+exit code 1). "Not found" is not an error: lookups return ``None``.
+"""
+
+from __future__ import annotations
+
+
+class CafsError(Exception):
+    """Base of every error cafs raises on purpose."""
+
+
+class InvalidAddressError(CafsError):
+    """A service URL that cafs cannot turn into a service."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"invalid service address {url!r}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class ValidationError(CafsError):
+    """Data that breaks a rule of the data model (names, digests, sizes, order)."""
+
+
+class InvalidDigestError(ValidationError):
+    """A digest of the wrong length or an unparseable digest string."""
+
+
+class DirectoryValidationError(ValidationError):
+    """A Directory message that breaks one of the Directory rules."""
+
+
+class ClosureError(ValidationError):
+    """A set of directories that does not form one valid closure."""
+
+
+class IntegrityError(CafsError):
+    """Stored data that does not hash to the digest it is stored under.
+
+    Raised instead of ever returning such data.
+    """
+
+
+class StorageError(CafsError):
+    """A backend failed to read or write (disk, database, network)."""
+
+
+class IngestError(CafsError):
+    """A file tree that cannot be imported (unsupported file types, races)."""

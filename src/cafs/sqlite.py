@@ -1,0 +1,85 @@
+"""A SQLite database driven from asyncio through one dedicated thread.
+
+The connection lives on its own thread, so the event loop never waits on
+disk and sqlite3 objects never cross threads. WAL mode lets readers in other
+processes see every committed transaction while this one writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from cafs.errors import StorageError
+
+T = TypeVar("T")
+
+
+class SqliteDatabase:
+    def __init__(self, path: Path | None, schema: str, name: str) -> None:
+        """Open (creating if needed) the database at ``path``; None means in memory."""
+        self.path = path
+        self._name = name
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cafs-{name}")
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._executor.submit(self._open, schema).result()
+        except sqlite3.Error as exc:
+            self._executor.shutdown()
+            raise StorageError(f"cannot open {name} database {path}: {exc}") from exc
+        except OSError as exc:
+            self._executor.shutdown()
+            raise StorageError(f"cannot open {name} database {path}: {exc.strerror}") from exc
+
+    def _open(self, schema: str) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            ":memory:" if self.path is None else str(self.path),
+            isolation_level=None,  # explicit BEGIN/COMMIT
+            check_same_thread=False,
+        )
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if self.path is not None:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(schema)
+        self._conn = conn
+
+    def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise StorageError(f"{self._name} database is closed")
+        try:
+            return func(self._conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self._name} database {self.path}: {exc}") from exc
+
+    async def run(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``func(connection)`` on the database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, func)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self.run(shut)
+            self._conn = None
+        self._executor.shutdown(wait=False)
+
+
+def transaction(conn: sqlite3.Connection, statements: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``statements`` in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = statements(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
