@@ -16,10 +16,11 @@ from cafs import __version__
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.castore.ingest import ingest_path
-from cafs.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from cafs.castore.nodes import DirectoryNode, FileNode, Node
 from cafs.config import CastoreServices
 from cafs.errors import CafsError
 from cafs.progress import ingest_progress
+from cafs.tuning import tune_malloc
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,6 +91,7 @@ async def with_services(
 @click.version_option(__version__, prog_name="cafs")
 def main(log_level: str) -> None:
     """cafs: a content-addressed store with a lazy, read-only FUSE filesystem."""
+    tune_malloc()
     level = log_level.upper()
     level = {"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level)
     logging.basicConfig(

@@ -174,7 +174,9 @@ class Directory:
         try:
             msg.ParseFromString(data)
         except Exception as exc:  # protobuf raises its own DecodeError
-            raise DirectoryValidationError(f"invalid directory: not a Directory message: {exc}")
+            raise DirectoryValidationError(
+                f"invalid directory: not a Directory message: {exc}"
+            ) from None
         return cls.from_proto(msg)
 
 

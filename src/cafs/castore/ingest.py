@@ -126,9 +126,7 @@ def _plan(root_path: str) -> _Plan:
         raise IngestError(f"{os.fsdecode(where)}: {exc.strerror}") from exc
 
 
-async def _upload(
-    blobs: BlobService, f: _File, report: Callable[[int, int], None]
-) -> FileNode:
+async def _upload(blobs: BlobService, f: _File, report: Callable[[int, int], None]) -> FileNode:
     writer = await blobs.open_write()
     total = 0
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 
 import blake3
@@ -37,6 +38,8 @@ ZSTD_LEVEL = 3
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 # Bytes buffered by a writer before they are chunked and staged.
 WRITE_BATCH = 8 * 1024 * 1024
+# Chunks being compressed and staged at once, per writer.
+MAX_JOBS_IN_FLIGHT = 16
 # A chunk whose sample compresses worse than this is stored at zstd level 1:
 # it is incompressible, and level 3 would spend 5x the time to gain nothing.
 _INCOMPRESSIBLE_RATIO = 0.9
@@ -53,20 +56,34 @@ def blob_key(digest: bytes) -> str:
     return f"blobs/b3/{h[:4]}/{h}"
 
 
+class _Codecs(threading.local):
+    """Per-thread zstd contexts: making one per chunk costs more than compressing."""
+
+    def __init__(self) -> None:
+        self.fast = zstandard.ZstdCompressor(level=1)
+        self.normal = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_codecs = _Codecs()
+
+
 def compress_chunk(data: bytes | memoryview) -> bytes:
+    codecs = _codecs
     if len(data) > 2 * _SAMPLE:
-        sample = zstandard.ZstdCompressor(level=1).compress(data[:_SAMPLE])
+        sample = codecs.fast.compress(data[:_SAMPLE])
         if len(sample) > _INCOMPRESSIBLE_RATIO * _SAMPLE:
-            return zstandard.ZstdCompressor(level=1).compress(data)
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+            return codecs.fast.compress(data)
+    return codecs.normal.compress(data)
 
 
 def decompress_chunk(key: str, data: bytes) -> bytes:
+    decompressor = _codecs.decompressor
     try:
         declared = zstandard.frame_content_size(data)
         if 0 <= declared <= MAX_CHUNK_SIZE:
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=declared)
-        reader = zstandard.ZstdDecompressor().stream_reader(data)
+            return decompressor.decompress(data, max_output_size=declared)
+        reader = decompressor.stream_reader(data)
         out = reader.read(MAX_CHUNK_SIZE + 1)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"object {key} is not valid zstd data: {exc}") from exc
@@ -148,32 +165,42 @@ class ObjectStoreBlobService(BlobService):
 class ObjectStoreBlobWriter(BlobWriter):
     """Buffers, chunks, compresses and stages a blob; ``close`` commits it.
 
-    CPU work (hashing, chunking, compressing) and disk writes run on worker
-    threads, several chunks at once, so a large blob keeps every core busy.
+    Chunking and hashing happen in batches on a worker thread; each chunk is
+    then compressed and staged by its own worker-thread job, in the
+    background, while the caller goes on writing. A bounded number of jobs in
+    flight keeps memory flat however large the blob.
     """
 
     def __init__(self, service: ObjectStoreBlobService) -> None:
-        self._service = service
         self._storage = service.storage
         avg = service.avg_chunk_size
         self._chunker = FastCDC(avg, min_size=avg // 2, max_size=avg * 2)
-        self._buffer = bytearray()
-        self._hashed = 0  # bytes of _buffer already fed to the hasher
+        # Unchunked data: the tail of the last batch, then the blocks written since.
+        self._carry = b""
+        self._blocks: list[bytes] = []
+        self._buffered = 0
+        self._hashed = 0  # bytes of _carry already fed to the hasher
         self._hasher = blake3.blake3()
-        self._chunks: list[ChunkMeta] = []
-        self._staged: list[Staged] = []
+        self._jobs: list[asyncio.Future[tuple[ChunkMeta, Staged | None]]] = []
+        self._awaited = 0  # jobs before this index are known to be finished
         self._closed = False
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise ValueError("write to a closed blob writer")
-        self._buffer += data
-        if len(self._buffer) >= WRITE_BATCH:
-            await self._flush(final=False)
+        self._blocks.append(bytes(data))
+        self._buffered += len(data)
+        if self._buffered >= WRITE_BATCH:
+            await self._cut(final=False)
 
-    async def _flush(self, final: bool) -> None:
-        """Chunk the buffer; stage every complete chunk (all of them if final)."""
-        buffer = bytes(self._buffer)
+    def _take_buffer(self) -> bytes:
+        buffer = b"".join([self._carry, *self._blocks])
+        self._carry, self._blocks, self._buffered = b"", [], 0
+        return buffer
+
+    async def _cut(self, final: bool) -> None:
+        """Chunk the buffer and start a staging job per complete chunk."""
+        buffer = self._take_buffer()
         start_hash = self._hashed
 
         def cut() -> list[tuple[int, int]]:
@@ -184,21 +211,17 @@ class ObjectStoreBlobWriter(BlobWriter):
         if not final:
             # The last chunk may have been cut short by the end of the buffer.
             bounds = bounds[:-1]
-        consumed = sum(length for _, length in bounds)
         view = memoryview(buffer)
-        results = await asyncio.gather(
-            *(asyncio.to_thread(self._stage_chunk, view[o : o + n]) for o, n in bounds),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            meta, staged = result
-            self._chunks.append(meta)
-            if staged is not None:
-                self._staged.append(staged)
-        self._buffer = bytearray(buffer[consumed:])
-        self._hashed = len(self._buffer)
+        for offset, length in bounds:
+            while len(self._jobs) - self._awaited >= MAX_JOBS_IN_FLIGHT:
+                await self._jobs[self._awaited]
+                self._awaited += 1
+            piece = view[offset : offset + length]
+            self._jobs.append(asyncio.ensure_future(asyncio.to_thread(self._stage_chunk, piece)))
+        consumed = sum(length for _, length in bounds)
+        self._carry = buffer[consumed:]
+        self._buffered = len(self._carry)
+        self._hashed = len(self._carry)
 
     def _stage_chunk(self, data: memoryview) -> tuple[ChunkMeta, Staged | None]:
         digest = Digest(blake3.blake3(data).digest())
@@ -212,29 +235,31 @@ class ObjectStoreBlobWriter(BlobWriter):
             raise ValueError("blob writer closed twice")
         self._closed = True
         try:
-            if not self._chunks:
+            if not self._jobs:
                 # The whole blob is in the buffer: finish it in one worker-thread hop.
                 digest, staged = await asyncio.to_thread(self._finish_buffered)
-                self._staged.extend(staged)
             else:
-                await self._flush(final=True)
+                await self._cut(final=True)
+                results = await asyncio.gather(*self._jobs)
+                chunks = [meta for meta, _ in results]
+                staged = [item for _, item in results if item is not None]
                 digest = Digest(self._hasher.digest())
-                self._staged.extend(await asyncio.to_thread(self._stage_index, digest))
+                staged.extend(await asyncio.to_thread(self._stage_index, digest, chunks))
             # Chunks first, the index last: an index is never visible before its chunks.
-            await self._storage.commit(self._staged)
-            self._staged = []
+            await self._storage.commit(staged)
+            self._jobs = []
             return digest
         except BaseException:
             await self.abort()
             raise
 
     def _finish_buffered(self) -> tuple[Digest, list[Staged]]:
-        buffer = bytes(self._buffer)
-        self._buffer = bytearray()
+        buffer = self._take_buffer()
         view = memoryview(buffer)
         self._hasher.update(view[self._hashed :])
         digest = Digest(self._hasher.digest())
         staged: list[Staged] = []
+        chunks: list[ChunkMeta] = []
         try:
             if len(buffer) <= self._chunker.min_size:
                 bounds = [(0, len(buffer))] if buffer else []
@@ -242,27 +267,29 @@ class ObjectStoreBlobWriter(BlobWriter):
                 bounds = [(c.offset, c.length) for c in self._chunker.cut_buf(buffer)]
             for offset, length in bounds:
                 meta, item = self._stage_chunk(view[offset : offset + length])
-                self._chunks.append(meta)
+                chunks.append(meta)
                 if item is not None:
                     staged.append(item)
-            staged.extend(self._stage_index(digest))
+            staged.extend(self._stage_index(digest, chunks))
         except BaseException:
             self._storage.discard(staged)
             raise
         return digest, staged
 
-    def _stage_index(self, digest: Digest) -> list[Staged]:
+    def _stage_index(self, digest: Digest, chunks: list[ChunkMeta]) -> list[Staged]:
         key = blob_key(digest)
         if self._storage.exists_sync(key):
             return []
-        return [self._storage.stage(key, _index_bytes(digest, self._chunks))]
+        return [self._storage.stage(key, _index_bytes(digest, chunks))]
 
     async def abort(self) -> None:
         self._closed = True
-        staged, self._staged = self._staged, []
+        self._carry, self._blocks = b"", []
+        jobs, self._jobs = self._jobs, []
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        staged = [r[1] for r in results if isinstance(r, tuple) and r[1] is not None]
         if staged:
             await asyncio.to_thread(self._storage.discard, staged)
-        self._buffer = bytearray()
 
 
 def _index_bytes(digest: Digest, chunks: Sequence[ChunkMeta]) -> bytes:
@@ -273,4 +300,3 @@ def _index_bytes(digest: Digest, chunks: Sequence[ChunkMeta]) -> bytes:
     elif chunks and chunks[0].digest != digest:
         raise AssertionError("a single-chunk blob must be its own chunk")
     return msg.SerializeToString(deterministic=True)
-

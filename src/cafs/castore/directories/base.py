@@ -95,7 +95,5 @@ class ValidatingPutter(DirectoryPutter):
 def check_digest(expected: Digest, directory: Directory) -> Directory:
     """Refuse a stored directory that does not hash to the digest it is stored under."""
     if directory.digest != expected:
-        raise IntegrityError(
-            f"directory {expected} is corrupt: it hashes to {directory.digest}"
-        )
+        raise IntegrityError(f"directory {expected} is corrupt: it hashes to {directory.digest}")
     return directory
