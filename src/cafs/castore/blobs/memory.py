@@ -5,7 +5,7 @@ from __future__ import annotations
 import blake3
 
 from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, BytesBlobReader
-from cafs.castore.digest import Digest
+from cafs.castore.digest import EMPTY_DIGEST, Digest
 
 
 class MemoryBlobService(BlobService):
@@ -17,6 +17,8 @@ class MemoryBlobService(BlobService):
 
     async def open_read(self, digest: Digest) -> BlobReader | None:
         data = self._blobs.get(digest)
+        if data is None and digest == EMPTY_DIGEST:
+            data = b""  # the empty blob needs no storage to be read
         return None if data is None else BytesBlobReader(data)
 
     async def open_write(self) -> BlobWriter:

@@ -1,0 +1,59 @@
+# cafs — set-up, demo, tests.
+#   make demo   ingest a sample tree into the embedded store and list it back
+#   make test   lint, type-check and run the whole test suite
+# Both install what is missing first: system packages (apt-get, as root or
+# through sudo), then a virtual environment in .venv with cafs and its test extras.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+
+.PHONY: all system venv demo test lint typecheck protos protos-check bench clean
+
+all: test
+
+system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: system $(STAMP)
+
+demo: venv
+	@bash scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+
+typecheck: venv
+	$(BIN)/mypy src
+
+protos: venv
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: venv
+	$(BIN)/python scripts/gen_protos.py --check
+
+test: venv lint typecheck protos-check
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
