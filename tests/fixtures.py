@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.castore.nodes import FileNode, SymlinkNode
@@ -26,3 +28,12 @@ DIRECTORY_COMPLICATED = Directory(
 DIRECTORY_B = Directory([(b"a", DIRECTORY_A.as_node())])
 DIRECTORY_C = Directory([(b"a", DIRECTORY_A.as_node()), (b"a'", DIRECTORY_A.as_node())])
 DIRECTORY_D = Directory([(b"a", DIRECTORY_A.as_node()), (b"b", DIRECTORY_B.as_node())])
+
+
+def make_complicated(root: Path) -> Path:
+    """A file tree shaped like DIRECTORY_COMPLICATED."""
+    (root / "keep").mkdir(parents=True)
+    (root / ".keep").touch()
+    (root / "keep" / ".keep").touch()
+    (root / "aa").symlink_to("/nix/store/somewhereelse")
+    return root

@@ -17,6 +17,7 @@ import zstandard
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
+from tests.fixtures import make_complicated
 
 COMPLICATED = "b3:Qkp/bOCNgF0VtCgGL6rpYpmhZ11wjDo5Jhr+OM3QT+s="
 
@@ -36,14 +37,6 @@ def cafs(
         timeout=300,
         **kw,  # type: ignore[arg-type]
     )
-
-
-def make_complicated(root: Path) -> Path:
-    (root / "keep").mkdir(parents=True)
-    (root / ".keep").touch()
-    (root / "keep" / ".keep").touch()
-    (root / "aa").symlink_to("/nix/store/somewhereelse")
-    return root
 
 
 def test_ingest_complicated_prints_vector_digest(tmp_path: Path) -> None:

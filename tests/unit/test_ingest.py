@@ -18,15 +18,7 @@ from cafs.castore.directories.base import DirectoryService
 from cafs.castore.ingest import ingest_path
 from cafs.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from cafs.errors import IngestError
-from tests.fixtures import DIRECTORY_COMPLICATED, HELLOWORLD_DIGEST
-
-
-def make_complicated(root: Path) -> Path:
-    (root / "keep").mkdir(parents=True)
-    (root / ".keep").touch()
-    (root / "keep" / ".keep").touch()
-    (root / "aa").symlink_to("/nix/store/somewhereelse")
-    return root
+from tests.fixtures import DIRECTORY_COMPLICATED, HELLOWORLD_DIGEST, make_complicated
 
 
 async def test_complicated_tree(
