@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -20,21 +19,28 @@ from rich.progress import (
 
 
 class _RichIngestProgress:
+    """One bar per ingest: bytes as the measure, files counted beside it."""
+
     def __init__(self, progress: Progress, label: str) -> None:
         self._progress = progress
         self._label = label
-        self._bytes: TaskID | None = None
-        self._files: TaskID | None = None
+        self._task: TaskID | None = None
+        self._files_done = 0
+        self._files_total = 0
 
     def started(self, files: int, size: int) -> None:
-        self._files = self._progress.add_task(f"{self._label} files", total=files)
-        self._bytes = self._progress.add_task(f"{self._label} bytes", total=size)
+        self._files_total = files
+        self._task = self._progress.add_task(self._label, total=size, files=f"0/{files} files")
 
     def advanced(self, files: int, size: int) -> None:
-        if files and self._files is not None:
-            self._progress.advance(self._files, files)
-        if size and self._bytes is not None:
-            self._progress.advance(self._bytes, size)
+        if self._task is None:
+            return
+        self._files_done += files
+        self._progress.update(
+            self._task,
+            advance=size,
+            files=f"{self._files_done}/{self._files_total} files",
+        )
 
 
 class _Quiet:
@@ -54,7 +60,7 @@ def ingest_progress(label: str) -> Iterator[_RichIngestProgress | _Quiet]:
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("{task.fields[files]}"),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
