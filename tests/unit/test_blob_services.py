@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 from pathlib import Path
@@ -240,3 +241,32 @@ async def test_dead_writers_temp_files_are_swept(tmp_path: Path) -> None:
 
 def test_chunk_meta_is_a_value() -> None:
     assert ChunkMeta(HELLOWORLD_DIGEST, 12) == ChunkMeta(HELLOWORLD_DIGEST, 12)
+
+
+async def test_reads_a_store_written_by_another_implementation(tmp_path: Path) -> None:
+    """Objects as a streaming writer lays them out: zstd frames with no content size,
+    chunk boundaries of its own choosing, the index as a raw StatBlobResponse."""
+    from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
+
+    data = random.Random(9).randbytes(700_000)
+    cuts = [0, 200_000, 450_001, len(data)]
+    index = rpc_blobstore_pb2.StatBlobResponse()
+    for start, end in itertools.pairwise(cuts):
+        piece = data[start:end]
+        digest = Digest.of(piece)
+        stream = io.BytesIO()
+        with zstandard.ZstdCompressor(level=3).stream_writer(stream, closefd=False) as writer:
+            writer.write(piece)  # streamed: the frame header carries no content size
+        assert zstandard.frame_content_size(stream.getvalue()) == -1
+        path = tmp_path / chunk_key(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(stream.getvalue())
+        index.chunks.add(digest=digest, size=len(piece))
+    blob = Digest.of(data)
+    (tmp_path / blob_key(blob)).parent.mkdir(parents=True)
+    (tmp_path / blob_key(blob)).write_bytes(index.SerializeToString())
+
+    service = blob_service_from_addr(f"objectstore+file://{tmp_path}")
+    assert await service.has(blob)
+    assert await service.chunks(blob) == [ChunkMeta(Digest(c.digest), c.size) for c in index.chunks]
+    assert await service.read_all(blob) == data
