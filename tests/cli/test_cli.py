@@ -167,7 +167,7 @@ def test_two_processes_share_one_embedded_store(tmp_path: Path) -> None:
 
 
 def check_store_integrity(home: Path) -> int:
-    """Every visible object holds exactly what its name promises; returns the blob count."""
+    """Every visible object holds exactly what its name promises; returns how many."""
     objects = home / "objects"
     dctx = zstandard.ZstdDecompressor()
     chunks: set[str] = set()
@@ -176,7 +176,7 @@ def check_store_integrity(home: Path) -> int:
             data = dctx.stream_reader(path.read_bytes()).read()
             assert blake3.blake3(data).hexdigest() == path.name, f"corrupt chunk {path}"
             chunks.add(path.name)
-    blobs = 0
+    blobs = len(chunks)
     for path in (objects / "blobs").rglob("*") if (objects / "blobs").exists() else []:
         if not path.is_file():
             continue

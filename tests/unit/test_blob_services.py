@@ -19,6 +19,7 @@ from cafs.castore.composition import blob_service_from_addr
 from cafs.castore.digest import Digest
 from cafs.castore.objectstore import FileObjectStorage
 from cafs.errors import IntegrityError, StorageError
+from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 from tests.fixtures import BLOB_A, BLOB_B, EMPTY_DIGEST, HELLOWORLD_BLOB, HELLOWORLD_DIGEST
 
 # Several chunks at the object store's 256 KiB average chunk size.
@@ -125,10 +126,15 @@ async def file_store(tmp_path: Path) -> ObjectStoreBlobService:
 async def test_layout_matches_tvix(file_store: ObjectStoreBlobService, tmp_path: Path) -> None:
     digest = await file_store.put(b"Hello World")
     assert digest.hex() == "41f8394111eb713a22165c46c90ab8f0fd9399c92028fd6d288944b23ff5bf76"
-    index = tmp_path / "blobs/b3/41f8" / digest.hex()
     chunk = tmp_path / "chunks/b3/41f8" / digest.hex()
-    assert index.read_bytes() == b""  # one chunk: an empty StatBlobResponse
     assert zstandard.ZstdDecompressor().decompress(chunk.read_bytes()) == b"Hello World"
+    # A one-chunk blob is found through its chunk; its empty index is not written.
+    assert not (tmp_path / "blobs/b3/41f8" / digest.hex()).exists()
+    assert await file_store.chunks(digest) == []
+    # The empty blob has no chunk: its index (an empty StatBlobResponse) marks it present.
+    empty = await file_store.put(b"")
+    assert (tmp_path / blob_key(empty)).read_bytes() == b""
+    assert await file_store.has(empty)
     assert blob_key(digest) == f"blobs/b3/41f8/{digest.hex()}"
     assert chunk_key(digest) == f"chunks/b3/41f8/{digest.hex()}"
 
@@ -140,6 +146,10 @@ async def test_large_blob_is_chunked(file_store: ObjectStoreBlobService, tmp_pat
     assert len(chunks) >= 6
     assert sum(c.size for c in chunks) == len(LARGE)
     assert all(128 * 1024 <= c.size <= 512 * 1024 for c in chunks[:-1])
+    index = rpc_blobstore_pb2.StatBlobResponse.FromString(
+        (tmp_path / blob_key(digest)).read_bytes()
+    )
+    assert [(c.digest, c.size) for c in index.chunks] == [(c.digest, c.size) for c in chunks]
     for chunk in chunks:  # every chunk is a blob too
         assert await file_store.has(chunk.digest)
         assert await file_store.chunks(chunk.digest) == []
@@ -246,8 +256,6 @@ def test_chunk_meta_is_a_value() -> None:
 async def test_reads_a_store_written_by_another_implementation(tmp_path: Path) -> None:
     """Objects as a streaming writer lays them out: zstd frames with no content size,
     chunk boundaries of its own choosing, the index as a raw StatBlobResponse."""
-    from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
-
     data = random.Random(9).randbytes(700_000)
     cuts = [0, 200_000, 450_001, len(data)]
     index = rpc_blobstore_pb2.StatBlobResponse()

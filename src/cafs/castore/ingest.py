@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,9 +24,12 @@ from cafs.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from cafs.errors import CafsError, IngestError
 
 READ_BLOCK = 8 * 1024 * 1024
-# Files at most this large are read in one go and many are in flight at once.
+# Files at most this large are read whole and stored in batches: one worker
+# thread call and one durability flush serve a whole batch.
 SMALL_FILE = 1024 * 1024
-SMALL_FILES_IN_FLIGHT = 64
+BATCH_FILES = 128
+BATCH_BYTES = 8 * 1024 * 1024
+SMALL_BATCHES_IN_FLIGHT = 4
 LARGE_FILES_IN_FLIGHT = 2
 
 
@@ -168,21 +171,31 @@ async def ingest_path(
         if progress is not None:
             progress.advanced(files, size)
 
-    large = asyncio.Semaphore(LARGE_FILES_IN_FLIGHT)
-    queue = iter(plan.files)
+    small = [f for f in plan.files if f.size <= SMALL_FILE]
+    large = iter([f for f in plan.files if f.size > SMALL_FILE])
+    batches = iter(_batches(small))
 
-    async def worker() -> None:
-        for f in queue:
-            if f.size <= SMALL_FILE:
-                f.node = await _upload(blobs, f, report)
-            else:
-                async with large:
-                    f.node = await _upload(blobs, f, report)
+    async def small_worker() -> None:
+        for batch in batches:
+            try:
+                results = await blobs.put_files([f.path for f in batch])
+            except OSError as exc:
+                where = exc.filename if exc.filename is not None else batch[0].path
+                raise IngestError(f"{os.fsdecode(where)}: {exc.strerror}") from exc
+            for f, (digest, size) in zip(batch, results, strict=True):
+                f.node = FileNode(digest, size, f.executable)
+            report(len(batch), sum(size for _, size in results))
+
+    async def large_worker() -> None:
+        for f in large:
+            f.node = await _upload(blobs, f, report)
 
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(SMALL_FILES_IN_FLIGHT, len(plan.files))):
-                group.create_task(worker())
+            for _ in range(SMALL_BATCHES_IN_FLIGHT):
+                group.create_task(small_worker())
+            for _ in range(LARGE_FILES_IN_FLIGHT):
+                group.create_task(large_worker())
     except BaseExceptionGroup as group_error:
         raise _first_error(group_error) from None
 
@@ -208,6 +221,19 @@ async def ingest_path(
     await putter.close()
     assert plan.root.node is not None
     return plan.root.node
+
+
+def _batches(files: list[_File]) -> Iterator[list[_File]]:
+    batch: list[_File] = []
+    size = 0
+    for f in files:
+        if batch and (len(batch) >= BATCH_FILES or size + f.size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(f)
+        size += f.size
+    if batch:
+        yield batch
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

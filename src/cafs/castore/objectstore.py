@@ -224,16 +224,16 @@ class FileObjectStorage(ObjectStorage):
 
     def _publish(self, items: list[Staged]) -> None:
         self._sync()
-        made_dirs: set[Path] = set()
         try:
             for item in items:
                 assert item.temp is not None
                 final = self._path(item.key)
-                parent = final.parent
-                if parent not in made_dirs:
-                    parent.mkdir(parents=True, exist_ok=True)
-                    made_dirs.add(parent)
-                os.rename(item.temp, final)
+                try:
+                    os.rename(item.temp, final)
+                except FileNotFoundError:
+                    # First object under this shard: make the directory, once.
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(item.temp, final)
         except OSError as exc:
             self.discard(items)
             raise StorageError(f"cannot publish objects under {self.root}: {exc}") from exc

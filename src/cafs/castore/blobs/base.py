@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -153,6 +155,19 @@ class BlobService(ABC):
             raise
         return await writer.close()
 
+    async def put_files(self, paths: Sequence[str]) -> list[tuple[Digest, int]]:
+        """Store whole small files; returns (digest, size) per path, in order.
+
+        One call for many files lets a backend amortise its per-call costs
+        (thread hand-offs, durability flushes). Raises ``OSError`` for a file
+        that cannot be read, naming it; nothing of the batch is then visible.
+        """
+        results: list[tuple[Digest, int]] = []
+        for path in paths:
+            data = await asyncio.to_thread(read_file, path)
+            results.append((await self.put(data), len(data)))
+        return results
+
     async def read_all(self, digest: Digest) -> bytes | None:
         """The whole blob in memory (for small blobs and tests)."""
         reader = await self.open_read(digest)
@@ -163,3 +178,9 @@ class BlobService(ABC):
 
     async def close(self) -> None:  # noqa: B027 - backends without resources keep the default
         """Release connections, threads and files."""
+
+
+def read_file(path: str) -> bytes:
+    """A whole file's bytes (blocking)."""
+    with open(path, "rb") as f:
+        return f.read()

@@ -23,7 +23,14 @@ import blake3
 import zstandard
 from pyfastcdc import FastCDC
 
-from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, BytesBlobReader, ChunkMeta
+from cafs.castore.blobs.base import (
+    BlobReader,
+    BlobService,
+    BlobWriter,
+    BytesBlobReader,
+    ChunkMeta,
+    read_file,
+)
 from cafs.castore.blobs.chunked import ChunkedBlobReader
 from cafs.castore.digest import EMPTY_DIGEST, Digest
 from cafs.castore.objectstore import ObjectStorage, Staged
@@ -107,6 +114,61 @@ def load_verified_chunk(storage: ObjectStorage, digest: Digest) -> bytes | None:
     return data
 
 
+def stage_chunk(storage: ObjectStorage, data: memoryview) -> tuple[ChunkMeta, Staged | None]:
+    """Hash, compress and stage one chunk, unless the store has it (blocking)."""
+    digest = Digest(blake3.blake3(data).digest())
+    key = chunk_key(digest)
+    if storage.exists_sync(key):
+        return ChunkMeta(digest, len(data)), None
+    return ChunkMeta(digest, len(data)), storage.stage(key, compress_chunk(data))
+
+
+def stage_index(storage: ObjectStorage, digest: Digest, chunks: list[ChunkMeta]) -> list[Staged]:
+    """Stage the blob index, where one is needed (blocking).
+
+    A blob that is one chunk is found through its chunk object alone (tvix's
+    ``has``, ``open_read`` and ``chunks`` fall back to it too), so its empty
+    index is not written: that halves the files a tree of small files costs.
+    The empty blob has no chunk, so it keeps its (empty) index.
+    """
+    if len(chunks) == 1:
+        return []
+    key = blob_key(digest)
+    if storage.exists_sync(key):
+        return []
+    return [storage.stage(key, _index_bytes(digest, chunks))]
+
+
+def stage_blob(
+    storage: ObjectStorage, chunker: FastCDC, data: bytes, hasher: blake3.blake3 | None = None
+) -> tuple[Digest, list[Staged]]:
+    """Stage a whole blob held in memory: its chunks, then its index (blocking).
+
+    ``hasher`` may already hold a prefix of ``data``'s bytes fed earlier; it
+    is given the rest. On error nothing stays staged.
+    """
+    view = memoryview(data)
+    raw = blake3.blake3(data).digest() if hasher is None else hasher.digest()
+    digest = Digest(raw)
+    staged: list[Staged] = []
+    chunks: list[ChunkMeta] = []
+    try:
+        if len(data) <= chunker.min_size:
+            bounds = [(0, len(data))] if data else []
+        else:
+            bounds = [(c.offset, c.length) for c in chunker.cut_buf(data)]
+        for offset, length in bounds:
+            meta, item = stage_chunk(storage, view[offset : offset + length])
+            chunks.append(meta)
+            if item is not None:
+                staged.append(item)
+        staged.extend(stage_index(storage, digest, chunks))
+    except BaseException:
+        storage.discard(staged)
+        raise
+    return digest, staged
+
+
 class ObjectStoreBlobService(BlobService):
     def __init__(
         self, storage: ObjectStorage, avg_chunk_size: int = DEFAULT_AVG_CHUNK_SIZE
@@ -157,6 +219,28 @@ class ObjectStoreBlobService(BlobService):
 
     async def open_write(self) -> BlobWriter:
         return ObjectStoreBlobWriter(self)
+
+    async def put_files(self, paths: Sequence[str]) -> list[tuple[Digest, int]]:
+        results, staged = await asyncio.to_thread(self._stage_files, paths)
+        await self.storage.commit(staged)
+        return results
+
+    def _stage_files(self, paths: Sequence[str]) -> tuple[list[tuple[Digest, int]], list[Staged]]:
+        """Read, hash, chunk, compress and stage whole files (blocking)."""
+        avg = self.avg_chunk_size
+        chunker = FastCDC(avg, min_size=avg // 2, max_size=avg * 2)
+        results: list[tuple[Digest, int]] = []
+        staged: list[Staged] = []
+        try:
+            for path in paths:
+                data = read_file(path)
+                digest, items = stage_blob(self.storage, chunker, data)
+                results.append((digest, len(data)))
+                staged.extend(items)
+        except BaseException:
+            self.storage.discard(staged)
+            raise
+        return results, staged
 
     async def close(self) -> None:
         await self.storage.close()
@@ -217,18 +301,12 @@ class ObjectStoreBlobWriter(BlobWriter):
                 await self._jobs[self._awaited]
                 self._awaited += 1
             piece = view[offset : offset + length]
-            self._jobs.append(asyncio.ensure_future(asyncio.to_thread(self._stage_chunk, piece)))
+            job = asyncio.to_thread(stage_chunk, self._storage, piece)
+            self._jobs.append(asyncio.ensure_future(job))
         consumed = sum(length for _, length in bounds)
         self._carry = buffer[consumed:]
         self._buffered = len(self._carry)
         self._hashed = len(self._carry)
-
-    def _stage_chunk(self, data: memoryview) -> tuple[ChunkMeta, Staged | None]:
-        digest = Digest(blake3.blake3(data).digest())
-        key = chunk_key(digest)
-        if self._storage.exists_sync(key):
-            return ChunkMeta(digest, len(data)), None
-        return ChunkMeta(digest, len(data)), self._storage.stage(key, compress_chunk(data))
 
     async def close(self) -> Digest:
         if self._closed:
@@ -244,7 +322,7 @@ class ObjectStoreBlobWriter(BlobWriter):
                 chunks = [meta for meta, _ in results]
                 staged = [item for _, item in results if item is not None]
                 digest = Digest(self._hasher.digest())
-                staged.extend(await asyncio.to_thread(self._stage_index, digest, chunks))
+                staged.extend(await asyncio.to_thread(stage_index, self._storage, digest, chunks))
             # Chunks first, the index last: an index is never visible before its chunks.
             await self._storage.commit(staged)
             self._jobs = []
@@ -255,32 +333,8 @@ class ObjectStoreBlobWriter(BlobWriter):
 
     def _finish_buffered(self) -> tuple[Digest, list[Staged]]:
         buffer = self._take_buffer()
-        view = memoryview(buffer)
-        self._hasher.update(view[self._hashed :])
-        digest = Digest(self._hasher.digest())
-        staged: list[Staged] = []
-        chunks: list[ChunkMeta] = []
-        try:
-            if len(buffer) <= self._chunker.min_size:
-                bounds = [(0, len(buffer))] if buffer else []
-            else:
-                bounds = [(c.offset, c.length) for c in self._chunker.cut_buf(buffer)]
-            for offset, length in bounds:
-                meta, item = self._stage_chunk(view[offset : offset + length])
-                chunks.append(meta)
-                if item is not None:
-                    staged.append(item)
-            staged.extend(self._stage_index(digest, chunks))
-        except BaseException:
-            self._storage.discard(staged)
-            raise
-        return digest, staged
-
-    def _stage_index(self, digest: Digest, chunks: list[ChunkMeta]) -> list[Staged]:
-        key = blob_key(digest)
-        if self._storage.exists_sync(key):
-            return []
-        return [self._storage.stage(key, _index_bytes(digest, chunks))]
+        self._hasher.update(memoryview(buffer)[self._hashed :])
+        return stage_blob(self._storage, self._chunker, buffer, self._hasher)
 
     async def abort(self) -> None:
         self._closed = True
