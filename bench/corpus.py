@@ -187,11 +187,11 @@ def generate_tree(
         data = _contents(seed, source, size, text, pool)
         if source == index:
             unique_bytes += size
-        target = root / rel
-        with open(target, "wb") as f:
+        file_path = root / rel
+        with open(file_path, "wb") as f:
             f.write(data)
         if index in executable:
-            target.chmod(0o755)
+            file_path.chmod(0o755)
         sizes[index] = size
 
     link_homes = [rng.choice(homes) for _ in range(symlinks)]

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import os
 import secrets
@@ -33,7 +34,7 @@ class Staged:
     """An object written but not yet visible."""
 
     key: str
-    temp: Path | None = None  # file stores
+    temp: str | None = None  # file stores
     data: bytes | None = None  # memory stores
 
 
@@ -133,10 +134,13 @@ class FileObjectStorage(ObjectStorage):
         self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         self._pending: list[tuple[list[Staged], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._prefix = f"{os.getpid()}-"
+        # Temporary names: unique per process by a counter, tied to the pid for the sweep.
+        self._prefix = f"{self._temp}/{os.getpid()}-{secrets.token_hex(4)}-"
+        self._counter = itertools.count()
+        self._root_text = str(root)
 
-    def _path(self, key: str) -> Path:
-        return self.root / key
+    def _path(self, key: str) -> str:
+        return f"{self._root_text}/{key}"
 
     def _sweep_dead_temps(self) -> None:
         for entry in os.scandir(self._temp):
@@ -160,13 +164,13 @@ class FileObjectStorage(ObjectStorage):
         return await asyncio.to_thread(self.get_sync, key)
 
     def exists_sync(self, key: str) -> bool:
-        return self._path(key).exists()
+        return os.path.exists(self._path(key))
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.exists_sync, key)
 
     def stage(self, key: str, data: bytes) -> Staged:
-        temp = self._temp / f"{self._prefix}{secrets.token_hex(8)}"
+        temp = f"{self._prefix}{next(self._counter)}"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -232,7 +236,7 @@ class FileObjectStorage(ObjectStorage):
                     os.rename(item.temp, final)
                 except FileNotFoundError:
                     # First object under this shard: make the directory, once.
-                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.makedirs(os.path.dirname(final), exist_ok=True)
                     os.rename(item.temp, final)
         except OSError as exc:
             self.discard(items)
