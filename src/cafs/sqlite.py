@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import TypeVar
 from cafs.errors import StorageError
 
 T = TypeVar("T")
+
+# Seconds a statement waits on another process's lock before failing.
+BUSY_TIMEOUT = 30.0
 
 
 class SqliteDatabase:
@@ -42,12 +46,28 @@ class SqliteDatabase:
             ":memory:" if self.path is None else str(self.path),
             isolation_level=None,  # explicit BEGIN/COMMIT
             check_same_thread=False,
+            timeout=BUSY_TIMEOUT,
         )
-        conn.execute("PRAGMA busy_timeout = 30000")
-        if self.path is not None:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(schema)
+        # Two processes creating one store at once: switching to WAL and creating
+        # the schema may answer "database is locked" without waiting on the busy
+        # handler, so the set-up is retried for as long as the busy timeout.
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        delay = 0.01
+        while True:
+            try:
+                if self.path is not None:
+                    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = FULL")
+                conn.executescript(schema)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    conn.close()
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
         self._conn = conn
 
     def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
