@@ -14,7 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cafs.castore.blobs.base import BlobService, ChunkMeta
-from cafs.castore.blobs.objectstore import ObjectStoreBlobService, blob_key, chunk_key
+from cafs.castore.blobs.objectstore import (
+    ObjectStoreBlobService,
+    blob_key,
+    chunk_key,
+    index_bytes,
+)
 from cafs.castore.composition import blob_service_from_addr
 from cafs.castore.digest import Digest
 from cafs.castore.objectstore import FileObjectStorage
@@ -224,9 +229,7 @@ async def test_index_that_lies_is_caught_on_a_full_read(
     other = random.Random(8).randbytes(len(LARGE))
     other_chunks = await file_store.chunks(await file_store.put(other))
     assert other_chunks
-    from cafs.castore.blobs.objectstore import _index_bytes
-
-    (tmp_path / blob_key(digest)).write_bytes(_index_bytes(digest, other_chunks))
+    (tmp_path / blob_key(digest)).write_bytes(index_bytes(other_chunks))
     reader = await file_store.open_read(digest)
     assert reader is not None
     with pytest.raises(IntegrityError, match="blob index is corrupt"):

@@ -136,7 +136,7 @@ def stage_index(storage: ObjectStorage, digest: Digest, chunks: list[ChunkMeta])
     key = blob_key(digest)
     if storage.exists_sync(key):
         return []
-    return [storage.stage(key, _index_bytes(digest, chunks))]
+    return [storage.stage(key, index_bytes(chunks))]
 
 
 def stage_blob(
@@ -220,6 +220,11 @@ class ObjectStoreBlobService(BlobService):
     async def open_write(self) -> BlobWriter:
         return ObjectStoreBlobWriter(self)
 
+    def new_chunker(self) -> FastCDC:
+        """A chunker with tvix's parameters: min = avg/2, max = 2·avg."""
+        avg = self.avg_chunk_size
+        return FastCDC(avg, min_size=avg // 2, max_size=avg * 2)
+
     async def put_files(self, paths: Sequence[str]) -> list[tuple[Digest, int]]:
         results, staged = await asyncio.to_thread(self._stage_files, paths)
         await self.storage.commit(staged)
@@ -227,8 +232,7 @@ class ObjectStoreBlobService(BlobService):
 
     def _stage_files(self, paths: Sequence[str]) -> tuple[list[tuple[Digest, int]], list[Staged]]:
         """Read, hash, chunk, compress and stage whole files (blocking)."""
-        avg = self.avg_chunk_size
-        chunker = FastCDC(avg, min_size=avg // 2, max_size=avg * 2)
+        chunker = self.new_chunker()
         results: list[tuple[Digest, int]] = []
         staged: list[Staged] = []
         try:
@@ -257,8 +261,7 @@ class ObjectStoreBlobWriter(BlobWriter):
 
     def __init__(self, service: ObjectStoreBlobService) -> None:
         self._storage = service.storage
-        avg = service.avg_chunk_size
-        self._chunker = FastCDC(avg, min_size=avg // 2, max_size=avg * 2)
+        self._chunker = service.new_chunker()
         # Unchunked data: the tail of the last batch, then the blocks written since.
         self._carry = b""
         self._blocks: list[bytes] = []
@@ -346,11 +349,9 @@ class ObjectStoreBlobWriter(BlobWriter):
             await asyncio.to_thread(self._storage.discard, staged)
 
 
-def _index_bytes(digest: Digest, chunks: Sequence[ChunkMeta]) -> bytes:
+def index_bytes(chunks: Sequence[ChunkMeta]) -> bytes:
+    """A blob index: the raw ``StatBlobResponse`` listing the chunks."""
     msg = rpc_blobstore_pb2.StatBlobResponse()
-    if len(chunks) > 1:
-        for chunk in chunks:
-            msg.chunks.add(digest=chunk.digest, size=chunk.size)
-    elif chunks and chunks[0].digest != digest:
-        raise AssertionError("a single-chunk blob must be its own chunk")
+    for chunk in chunks:
+        msg.chunks.add(digest=chunk.digest, size=chunk.size)
     return msg.SerializeToString(deterministic=True)
