@@ -22,21 +22,36 @@ from tests.fixtures import make_complicated
 COMPLICATED = "b3:Qkp/bOCNgF0VtCgGL6rpYpmhZ11wjDo5Jhr+OM3QT+s="
 
 
-def cafs(
-    *args: str, home: Path, check: bool = True, **kw: object
-) -> subprocess.CompletedProcess[str]:
+CAFS = [sys.executable, "-m", "cafs.cli"]
+
+
+def store_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a cafs process on the embedded store at ``home``."""
     env = {**os.environ, "CAFS_HOME": str(home)}
     for var in ("BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR"):
         env.pop(var, None)
+    return {**env, **extra}
+
+
+def cafs(
+    *args: str, home: Path, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run cafs to completion; text output."""
     return subprocess.run(
-        [sys.executable, "-m", "cafs.cli", *args],
-        env=env,
+        [*CAFS, *args],
+        env=store_env(home, **env),
         capture_output=True,
         text=True,
         check=check,
         timeout=300,
-        **kw,  # type: ignore[arg-type]
     )
+
+
+def cafs_bytes(*args: str, home: Path) -> bytes:
+    """Run cafs to completion; its standard output as bytes."""
+    return subprocess.run(
+        [*CAFS, *args], env=store_env(home), capture_output=True, check=True, timeout=300
+    ).stdout
 
 
 def test_ingest_complicated_prints_vector_digest(tmp_path: Path) -> None:
@@ -72,15 +87,7 @@ def test_cat_of_a_large_file_is_byte_exact(tmp_path: Path) -> None:
     src.write_bytes(data)
     home = tmp_path / "home"
     digest = cafs("castore", "ingest", str(src), home=home).stdout.split()[2]
-    env = {**os.environ, "CAFS_HOME": str(home)}
-    out = subprocess.run(
-        [sys.executable, "-m", "cafs.cli", "castore", "cat", digest],
-        env=env,
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    assert out.stdout == data
+    assert cafs_bytes("castore", "cat", digest, home=home) == data
 
 
 @pytest.mark.parametrize(
@@ -107,17 +114,13 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path, args: list[str], message
 def test_env_addresses_are_used(tmp_path: Path) -> None:
     tree = make_complicated(tmp_path / "t")
     env_home = tmp_path / "elsewhere"
-    result = subprocess.run(
-        [sys.executable, "-m", "cafs.cli", "castore", "ingest", str(tree)],
-        env={
-            **os.environ,
-            "CAFS_HOME": str(tmp_path / "home"),
-            "BLOB_SERVICE_ADDR": f"objectstore+file://{env_home}/o",
-            "DIRECTORY_SERVICE_ADDR": f"sqlite://{env_home}/d.sqlite",
-        },
-        capture_output=True,
-        text=True,
-        check=True,
+    result = cafs(
+        "castore",
+        "ingest",
+        str(tree),
+        home=tmp_path / "home",
+        BLOB_SERVICE_ADDR=f"objectstore+file://{env_home}/o",
+        DIRECTORY_SERVICE_ADDR=f"sqlite://{env_home}/d.sqlite",
     )
     assert COMPLICATED in result.stdout
     assert (env_home / "d.sqlite").exists()
@@ -146,11 +149,10 @@ def test_two_processes_share_one_embedded_store(tmp_path: Path) -> None:
     trees = [tmp_path / "a", tmp_path / "b"]
     for seed, tree in enumerate(trees):
         make_tree(tree, 400, seed)
-    env = {**os.environ, "CAFS_HOME": str(home)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "cafs.cli", "castore", "ingest", str(tree)],
-            env=env,
+            [*CAFS, "castore", "ingest", str(tree)],
+            env=store_env(home),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -212,11 +214,10 @@ def test_kill_during_ingest_leaves_no_wrong_blob(tmp_path: Path) -> None:
     make_tree(tree, 1500, 11)
     (tree / "large").write_bytes(random.Random(5).randbytes(48 * 1024 * 1024))
     home = tmp_path / "home"
-    env = {**os.environ, "CAFS_HOME": str(home)}
     for delay in (0.3, 0.8, 1.5, 2.5):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cafs.cli", "castore", "ingest", str(tree)],
-            env=env,
+            [*CAFS, "castore", "ingest", str(tree)],
+            env=store_env(home),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -228,12 +229,7 @@ def test_kill_during_ingest_leaves_no_wrong_blob(tmp_path: Path) -> None:
     out = cafs("castore", "ingest", str(tree), home=home).stdout
     listing = cafs("castore", "ls", "-r", out.split()[2], home=home).stdout.splitlines()
     large = next(row for row in listing if row.endswith("/large") or row.endswith(" large"))
-    data = subprocess.run(
-        [sys.executable, "-m", "cafs.cli", "castore", "cat", large.split()[1]],
-        env=env,
-        capture_output=True,
-        check=True,
-    ).stdout
+    data = cafs_bytes("castore", "cat", large.split()[1], home=home)
     assert data == (tree / "large").read_bytes()
     assert check_store_integrity(home) >= 1500
     # Temporary files of the killed processes were swept by the next run.
