@@ -19,6 +19,9 @@ from cafs.castore.ingest import ingest_path
 from cafs.castore.nodes import DirectoryNode, FileNode, Node
 from cafs.config import CastoreServices
 from cafs.errors import CafsError
+from cafs.fs.daemon import MountOptions, serve
+from cafs.fs.filesystem import Filesystem
+from cafs.fs.root_nodes import DirectoryRootNodes
 from cafs.progress import ingest_progress
 from cafs.tuning import tune_malloc
 
@@ -26,6 +29,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 log = logging.getLogger("cafs")
 
+DEFAULT_THREADS = MountOptions().threads
 LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"]
 
 
@@ -195,6 +199,83 @@ async def castore_ls(
                     await show(child, path + "/")
 
         await show(root, "")
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """The flags every mount command takes (tvix-store's names and environment)."""
+
+    def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        func = click.option(
+            "--threads",
+            envvar="THREADS",
+            type=click.IntRange(min=1),
+            default=DEFAULT_THREADS,
+            show_default=True,
+            help="FUSE requests served at once.",
+        )(func)
+        func = click.option(
+            "--allow-other",
+            envvar="ALLOW_OTHER",
+            is_flag=True,
+            help="Let other users use the mount (needs user_allow_other in /etc/fuse.conf).",
+        )(func)
+        func = click.option(
+            "--show-xattr/--no-show-xattr",
+            default=True,
+            show_default=True,
+            help="Expose blob and directory digests as extended attributes.",
+        )(func)
+        func = click.option(
+            "-l",
+            "--list-root/--no-list-root",
+            default=list_root_default,
+            show_default=True,
+            help="Allow listing the mount root.",
+        )(func)
+        return func
+
+    return decorate
+
+
+@castore.command("mount")
+@click.argument("digest")
+@click.argument("mountpoint", type=click.Path(path_type=str))
+@fuse_mount_options(list_root_default=True)
+@castore_service_options
+@run_async
+async def castore_mount(
+    digest: str,
+    mountpoint: str,
+    list_root: bool,
+    show_xattr: bool,
+    allow_other: bool,
+    threads: int,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+) -> None:
+    """Mount the directory DIGEST read-only at MOUNTPOINT, until SIGINT/SIGTERM or unmount."""
+    wanted = Digest.parse(digest)
+
+    async def body(services: CastoreServices) -> None:
+        root = await services.directories.get(wanted)
+        if root is None:
+            raise CommandError(f"directory {wanted} not found")
+        fs = Filesystem(
+            services.blobs,
+            services.directories,
+            DirectoryRootNodes(root),
+            list_root=list_root,
+            show_xattr=show_xattr,
+        )
+        options = MountOptions(allow_other=allow_other, threads=threads)
+        await serve(
+            fs,
+            mountpoint,
+            options,
+            on_ready=lambda: log.info("serving directory %s at %s", wanted, mountpoint),
+        )
 
     await with_services(blob_service_addr, directory_service_addr, body)
 

@@ -1,0 +1,6 @@
+"""The read-only filesystem: a castore tree (or a Nix store) served lazily.
+
+``filesystem`` holds the model (inodes, handles, every operation and its
+errno) with no FUSE in it, so it can be tested and reused; ``fuse`` adapts it
+to pyfuse3; ``daemon`` mounts, serves and unmounts.
+"""
