@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,40 +17,9 @@ from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 from tests.fixtures import make_complicated
+from tests.process import CAFS, cafs, cafs_bytes, store_env
 
 COMPLICATED = "b3:Qkp/bOCNgF0VtCgGL6rpYpmhZ11wjDo5Jhr+OM3QT+s="
-
-
-CAFS = [sys.executable, "-m", "cafs.cli"]
-
-
-def store_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a cafs process on the embedded store at ``home``."""
-    env = {**os.environ, "CAFS_HOME": str(home)}
-    for var in ("BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR"):
-        env.pop(var, None)
-    return {**env, **extra}
-
-
-def cafs(
-    *args: str, home: Path, check: bool = True, **env: str
-) -> subprocess.CompletedProcess[str]:
-    """Run cafs to completion; text output."""
-    return subprocess.run(
-        [*CAFS, *args],
-        env=store_env(home, **env),
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=300,
-    )
-
-
-def cafs_bytes(*args: str, home: Path) -> bytes:
-    """Run cafs to completion; its standard output as bytes."""
-    return subprocess.run(
-        [*CAFS, *args], env=store_env(home), capture_output=True, check=True, timeout=300
-    ).stdout
 
 
 def test_ingest_complicated_prints_vector_digest(tmp_path: Path) -> None:

@@ -1,0 +1,39 @@
+"""Running the ``cafs`` command as a user does: a real process on a real store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CAFS = [sys.executable, "-m", "cafs.cli"]
+
+
+def store_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a cafs process on the embedded store at ``home``."""
+    env = {**os.environ, "CAFS_HOME": str(home)}
+    for var in ("BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR"):
+        env.pop(var, None)
+    return {**env, **extra}
+
+
+def cafs(
+    *args: str, home: Path, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run cafs to completion; text output."""
+    return subprocess.run(
+        [*CAFS, *args],
+        env=store_env(home, **env),
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=300,
+    )
+
+
+def cafs_bytes(*args: str, home: Path) -> bytes:
+    """Run cafs to completion; its standard output as bytes."""
+    return subprocess.run(
+        [*CAFS, *args], env=store_env(home), capture_output=True, check=True, timeout=300
+    ).stdout
