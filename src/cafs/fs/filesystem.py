@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 
 from cafs.castore.blobs.base import BlobReader, BlobService
+from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryService
 from cafs.castore.directory import Directory
 from cafs.castore.nodes import display_name
@@ -91,9 +92,16 @@ class _DirHandle:
 
 @dataclass(slots=True)
 class _FileHandle:
+    """An open file and its blob reader.
+
+    The first open of a blob opens the reader; later opens make it at the
+    first read that reaches cafs. The page cache is kept across opens, so
+    most re-opens are never followed by a read and cost no blob fetch.
+    """
+
     ino: int
     data: RegularInode
-    reader: BlobReader
+    reader: BlobReader | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -117,6 +125,7 @@ class Filesystem:
         self.inodes = InodeTracker()
         self._root_names: dict[bytes, int] = {}
         self._loading: dict[int, asyncio.Future[DirectoryInode]] = {}
+        self._present: set[Digest] = set()
         self._dir_handles: dict[int, _DirHandle] = {}
         self._file_handles: dict[int, _FileHandle] = {}
         self._next_dir_handle = 1
@@ -314,14 +323,20 @@ class Filesystem:
             raise FsError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise FsError(errno.EROFS)
-        try:
-            reader = await self.blobs.open_read(data.digest)
-        except Exception as exc:
-            log.warning("open ino=%d blob=%s: %s", ino, data.digest, exc)
-            raise FsError(errno.EIO, str(exc)) from exc
-        if reader is None:
-            log.warning("open ino=%d blob=%s: not in the blob service", ino, data.digest)
-            raise FsError(errno.EIO, f"blob {data.digest} is missing")
+        reader = None
+        if data.digest not in self._present:
+            # First open of this blob: open the reader now (one fetch answers
+            # both "is it there" and the read that usually follows).
+            try:
+                reader = await self.blobs.open_read(data.digest)
+            except Exception as exc:
+                log.warning("open ino=%d blob=%s: %s", ino, data.digest, exc)
+                raise FsError(errno.EIO, str(exc)) from exc
+            if reader is None:
+                log.warning("open ino=%d blob=%s: not in the blob service", ino, data.digest)
+                raise FsError(errno.EIO, f"blob {data.digest} is missing")
+            # Blobs are never taken back: once seen, a digest needs no check.
+            self._present.add(data.digest)
         fh = self._next_file_handle
         self._next_file_handle += 1
         self._file_handles[fh] = _FileHandle(ino, data, reader)
@@ -338,9 +353,14 @@ class Filesystem:
             return b""
         async with handle.lock:
             try:
-                if handle.reader.tell() != offset:
-                    await handle.reader.seek(offset)
-                return await handle.reader.read(size)
+                reader = handle.reader
+                if reader is None:
+                    reader = handle.reader = await self._open_reader(handle)
+                if reader.tell() != offset:
+                    await reader.seek(offset)
+                return await reader.read(size)
+            except FsError:
+                raise
             except Exception as exc:
                 log.warning(
                     "read ino=%d fh=%d blob=%s offset=%d size=%d: %s",
@@ -353,12 +373,21 @@ class Filesystem:
                 )
                 raise FsError(errno.EIO, str(exc)) from exc
 
+    async def _open_reader(self, handle: _FileHandle) -> BlobReader:
+        reader = await self.blobs.open_read(handle.data.digest)
+        if reader is None:
+            log.warning(
+                "read ino=%d blob=%s: not in the blob service", handle.ino, handle.data.digest
+            )
+            raise FsError(errno.EIO, f"blob {handle.data.digest} is missing")
+        return reader
+
     async def release(self, fh: int) -> None:
         handle = self._file_handles.pop(fh, None)
         if handle is None:
             log.warning("release fh=%d: unknown file handle", fh)
-            return
-        await handle.reader.close()
+        elif handle.reader is not None:
+            await handle.reader.close()
 
     async def readlink(self, ino: int) -> bytes:
         if ino == ROOT_INO:

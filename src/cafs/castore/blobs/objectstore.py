@@ -177,9 +177,13 @@ class ObjectStoreBlobService(BlobService):
         self.avg_chunk_size = avg_chunk_size
 
     async def has(self, digest: Digest) -> bool:
-        if await self.storage.exists(blob_key(digest)):
-            return True
-        return await self.storage.exists(chunk_key(digest))
+        return await asyncio.to_thread(self._has_sync, digest)
+
+    def _has_sync(self, digest: Digest) -> bool:
+        # One thread hop for both probes; most blobs are a single chunk.
+        return self.storage.exists_sync(chunk_key(digest)) or self.storage.exists_sync(
+            blob_key(digest)
+        )
 
     async def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
         index = await self._index(digest)
@@ -188,8 +192,11 @@ class ObjectStoreBlobService(BlobService):
         return [] if await self.storage.exists(chunk_key(digest)) else None
 
     async def _index(self, digest: Digest) -> list[ChunkMeta] | None:
+        return await asyncio.to_thread(self._index_sync, digest)
+
+    def _index_sync(self, digest: Digest) -> list[ChunkMeta] | None:
         key = blob_key(digest)
-        raw = await self.storage.get(key)
+        raw = self.storage.get_sync(key)
         if raw is None:
             return None
         msg = rpc_blobstore_pb2.StatBlobResponse()
@@ -202,14 +209,20 @@ class ObjectStoreBlobService(BlobService):
     async def open_read(self, digest: Digest) -> BlobReader | None:
         if digest == EMPTY_DIGEST:
             return BytesBlobReader(b"")
-        data = await asyncio.to_thread(load_verified_chunk, self.storage, digest)
-        if data is not None:
-            return BytesBlobReader(data)
-        chunks = await self._index(digest)
-        if not chunks:
-            # No index, or an index for a single chunk whose object is gone.
+        found = await asyncio.to_thread(self._open_sync, digest)
+        if found is None:
             return None
-        return ChunkedBlobReader(digest, chunks, self._fetch_chunk)
+        if isinstance(found, bytes):
+            return BytesBlobReader(found)
+        return ChunkedBlobReader(digest, found, self._fetch_chunk)
+
+    def _open_sync(self, digest: Digest) -> bytes | list[ChunkMeta] | None:
+        """A single-chunk blob's bytes, else its chunk list (one thread hop for both)."""
+        data = load_verified_chunk(self.storage, digest)
+        if data is not None:
+            return data
+        # No index, or an index for a single chunk whose object is gone.
+        return self._index_sync(digest) or None
 
     async def _fetch_chunk(self, chunk: ChunkMeta) -> bytes:
         data = await asyncio.to_thread(load_verified_chunk, self.storage, chunk.digest)
