@@ -1,5 +1,5 @@
 # cafs — set-up, demo, tests.
-#   make demo   ingest a sample tree into the embedded store and list it back
+#   make demo   ingest a sample tree into the embedded store, mount it, browse it
 #   make test   lint, type-check and run the whole test suite
 # Both install what is missing first: system packages (apt-get, as root or
 # through sudo), then a virtual environment in .venv with cafs and its test extras.
@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv demo test lint typecheck protos protos-check bench clean
+.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs clean
 
 all: test
 
@@ -54,6 +54,9 @@ test: venv lint typecheck protos-check
 
 bench: venv
 	$(BIN)/python bench/ingest.py
+
+bench-fs: venv
+	$(BIN)/python bench/fs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
