@@ -6,10 +6,11 @@ import asyncio
 import errno
 import os
 import stat
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import pytest
 
+from cafs.castore.blobs.base import BlobReader
 from cafs.castore.blobs.memory import MemoryBlobService
 from cafs.castore.digest import Digest
 from cafs.castore.directories.memory import MemoryDirectoryService
@@ -399,3 +400,82 @@ async def test_statfs_and_close() -> None:
     await fs.close()
     assert await errno_of(fs.read(fh, 0, 1)) == errno.EIO
     assert await errno_of(_drain(fs.readdir(dh, 0))) == errno.EIO
+
+
+class CountingBlobs(MemoryBlobService):
+    def __init__(self) -> None:
+        super().__init__()
+        self.opens = 0
+        self.batches: list[int] = []
+
+    async def open_read(self, digest: Digest) -> BlobReader | None:
+        self.opens += 1
+        return await super().open_read(digest)
+
+    async def read_many(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
+        self.batches.append(len(digests))
+        return await super().read_many(digests)
+
+
+async def test_opening_a_file_fetches_its_small_siblings_in_one_batch() -> None:
+    store = Store()
+    blobs = CountingBlobs()
+    contents = {f"f{i:03d}".encode(): f"file {i}".encode() for i in range(50)}
+    entries: dict[bytes, Node] = {}
+    for name, data in contents.items():
+        entries[name] = FileNode(await blobs.put(data), len(data))
+    missing = FileNode(Digest.of(b"not stored"), 10)
+    entries[b"zz-missing"] = missing
+    entries[b"zz-big"] = FileNode(await blobs.put(b"x" * 100_000), 100_000)
+    directory = await store.directory(entries)
+    fs = Filesystem(blobs, store.directories, DirectoryRootNodes(Directory([(b"d", directory)])))
+    d = await fs.lookup(ROOT_INO, b"d")
+    for name, data in contents.items():
+        ino = (await fs.lookup(d.ino, name)).ino
+        fh = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 100) == data
+        await fs.release(fh)
+    # One open for the first file; the memory backend answers a batch with
+    # one open per blob; nothing else was fetched.
+    assert blobs.opens - sum(blobs.batches) == 1
+    assert blobs.batches == [50]  # the 49 siblings, the missing one; not the big one
+    gone = (await fs.lookup(d.ino, b"zz-missing")).ino
+    assert await errno_of(fs.open(gone, os.O_RDONLY)) == errno.EIO
+    big = (await fs.lookup(d.ino, b"zz-big")).ino
+    fh = await fs.open(big, os.O_RDONLY)
+    assert await fs.read(fh, 99_990, 100) == b"x" * 10
+
+
+class SlowBlobs(MemoryBlobService):
+    """Blob opens wait until released; everything else answers at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def open_read(self, digest: Digest) -> BlobReader | None:
+        self.waiting.set()
+        await self.release.wait()
+        return await super().open_read(digest)
+
+
+async def test_a_slow_blob_fetch_does_not_stall_other_requests() -> None:
+    store = Store()
+    blobs = SlowBlobs()
+    big = FileNode(await blobs.put(b"slow"), 4)
+    sub = await store.directory({b"inner": FileNode(await blobs.put(b"in"), 2)})
+    fs = Filesystem(
+        blobs, store.directories, DirectoryRootNodes(Directory([(b"big", big), (b"sub", sub)]))
+    )
+    ino = (await fs.lookup(ROOT_INO, b"big")).ino
+    opening = asyncio.ensure_future(fs.open(ino, os.O_RDONLY))
+    await blobs.waiting.wait()
+    # While the blob fetch hangs, lookups, listings and attributes are served.
+    sub_attrs = await asyncio.wait_for(fs.lookup(ROOT_INO, b"sub"), 1)
+    assert (await asyncio.wait_for(fs.lookup(sub_attrs.ino, b"inner"), 1)).size == 2
+    assert [e.name for e in await asyncio.wait_for(listing(fs, sub_attrs.ino), 1)] == [b"inner"]
+    assert not opening.done()
+    blobs.release.set()
+    fh = await opening
+    assert await fs.read(fh, 0, 10) == b"slow"

@@ -13,13 +13,15 @@ requests for different inodes and handles proceed concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 
-from cafs.castore.blobs.base import BlobReader, BlobService
+from cafs.castore.blobs.base import BlobReader, BlobService, BytesBlobReader
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryService
 from cafs.castore.directory import Directory
@@ -44,6 +46,13 @@ NAME_MAX = 255
 
 PRELOAD_BATCH = 64
 """Subdirectories loaded at once when a listing needs their attributes."""
+
+SIBLING_MAX_SIZE = 64 * 1024
+"""Files up to this size are fetched with their siblings (see ``_fetch_siblings``)."""
+SIBLING_BATCH_FILES = 256
+SIBLING_BATCH_BYTES = 4 * 1024 * 1024
+BLOB_CACHE_BYTES = 32 * 1024 * 1024
+"""Fetched-ahead small blobs waiting for their open; the oldest go first."""
 
 
 class FsError(Exception):
@@ -126,6 +135,11 @@ class Filesystem:
         self._root_names: dict[bytes, int] = {}
         self._loading: dict[int, asyncio.Future[DirectoryInode]] = {}
         self._present: set[Digest] = set()
+        self._parent_hint: dict[int, int] = {}
+        self._siblings_fetched: set[int] = set()
+        self._ahead: OrderedDict[Digest, bytes] = OrderedDict()
+        self._ahead_bytes = 0
+        self._in_flight: dict[Digest, asyncio.Future[dict[Digest, bytes]]] = {}
         self._dir_handles: dict[int, _DirHandle] = {}
         self._file_handles: dict[int, _FileHandle] = {}
         self._next_dir_handle = 1
@@ -211,6 +225,7 @@ class Filesystem:
             if found is None:
                 raise FsError(errno.ENOENT)
             ino = found
+            self._parent_hint.setdefault(ino, parent)
         return await self._attributes(ino)
 
     async def _root_lookup(self, name: bytes) -> int:
@@ -277,6 +292,7 @@ class Filesystem:
             await self._preload(ino for _, ino in batch)
             for name, ino in batch:
                 position += 1
+                self._parent_hint.setdefault(ino, handle.ino)
                 yield DirEntry(name, attributes(ino, self._data(ino)), position)
 
     async def _read_root_listing(
@@ -327,14 +343,7 @@ class Filesystem:
         if data.digest not in self._present:
             # First open of this blob: open the reader now (one fetch answers
             # both "is it there" and the read that usually follows).
-            try:
-                reader = await self.blobs.open_read(data.digest)
-            except Exception as exc:
-                log.warning("open ino=%d blob=%s: %s", ino, data.digest, exc)
-                raise FsError(errno.EIO, str(exc)) from exc
-            if reader is None:
-                log.warning("open ino=%d blob=%s: not in the blob service", ino, data.digest)
-                raise FsError(errno.EIO, f"blob {data.digest} is missing")
+            reader = await self._first_reader(ino, data)
             # Blobs are never taken back: once seen, a digest needs no check.
             self._present.add(data.digest)
         fh = self._next_file_handle
@@ -342,6 +351,93 @@ class Filesystem:
         self._file_handles[fh] = _FileHandle(ino, data, reader)
         log.debug("open ino=%d fh=%d blob=%s", ino, fh, data.digest)
         return fh
+
+    def _take_ahead(self, digest: Digest) -> bytes | None:
+        fetched = self._ahead.pop(digest, None)
+        if fetched is not None:
+            self._ahead_bytes -= len(fetched)
+        return fetched
+
+    async def _first_reader(self, ino: int, data: RegularInode) -> BlobReader:
+        fetched = self._take_ahead(data.digest)
+        if fetched is not None:
+            return BytesBlobReader(fetched)
+        pending = self._in_flight.get(data.digest)
+        if pending is not None:
+            # Fetched with its siblings: wait for the batch (kept on arrival).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+            fetched = self._take_ahead(data.digest)
+            if fetched is not None:
+                return BytesBlobReader(fetched)
+        else:
+            self._fetch_siblings(ino)
+        try:
+            reader = await self.blobs.open_read(data.digest)
+        except Exception as exc:
+            log.warning("open ino=%d blob=%s: %s", ino, data.digest, exc)
+            raise FsError(errno.EIO, str(exc)) from exc
+        if reader is None:
+            log.warning("open ino=%d blob=%s: not in the blob service", ino, data.digest)
+            raise FsError(errno.EIO, f"blob {data.digest} is missing")
+        return reader
+
+    def _fetch_siblings(self, ino: int) -> None:
+        """Start fetching the small files beside ``ino``, in one batch.
+
+        A program that opens one file of a directory usually opens its
+        neighbours next (a build, a walk that reads). Each fetch costs a
+        round trip to the store (a thread hop, a network request), so the
+        neighbours' blobs are fetched together, once per directory, in the
+        background; their opens then find them ready.
+        """
+        parent = self._parent_hint.get(ino)
+        if parent is None or parent in self._siblings_fetched:
+            return
+        directory = self.inodes.get(parent)
+        if not isinstance(directory, DirectoryInode) or directory.entries is None:
+            return
+        self._siblings_fetched.add(parent)
+        wanted: list[Digest] = []
+        total = 0
+        for _, child in directory.entries:
+            data = self.inodes.get(child)
+            if (
+                child == ino
+                or not isinstance(data, RegularInode)
+                or data.size > SIBLING_MAX_SIZE
+                or data.digest in self._present
+                or data.digest in self._ahead
+                or data.digest in self._in_flight
+            ):
+                continue
+            wanted.append(data.digest)
+            total += data.size
+            if len(wanted) == SIBLING_BATCH_FILES or total >= SIBLING_BATCH_BYTES:
+                break
+        if not wanted:
+            return
+        batch = asyncio.ensure_future(self.blobs.read_many(wanted))
+        for digest in wanted:
+            self._in_flight[digest] = batch
+        batch.add_done_callback(lambda done: self._keep_fetched(wanted, done))
+
+    def _keep_fetched(
+        self, wanted: list[Digest], done: asyncio.Future[dict[Digest, bytes]]
+    ) -> None:
+        for digest in wanted:
+            self._in_flight.pop(digest, None)
+        if done.cancelled() or done.exception() is not None:
+            log.debug("fetching ahead failed: %s", None if done.cancelled() else done.exception())
+            return
+        for digest, data in done.result().items():
+            if digest in self._present or digest in self._ahead:
+                continue
+            self._ahead[digest] = data
+            self._ahead_bytes += len(data)
+        while self._ahead_bytes > BLOB_CACHE_BYTES:
+            _, dropped = self._ahead.popitem(last=False)
+            self._ahead_bytes -= len(dropped)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes from ``offset``, fewer only at the end of the file."""

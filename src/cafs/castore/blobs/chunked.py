@@ -1,7 +1,8 @@
 """A seekable reader over a blob stored as a list of chunks.
 
-Chunks are fetched on demand (each verified by the fetch function), the one
-after the current chunk is prefetched while the caller consumes, and a read
+Chunks are fetched on demand (each verified by the fetch function); while
+reads go forward, a window of the following chunks is fetched concurrently
+(so a store with latency, or a disk, streams at its own speed), and a read
 that walks the blob from start to end also checks the whole-blob digest, so
 a chunk list that does not add up to the blob is caught, not served silently.
 """
@@ -22,9 +23,18 @@ from cafs.errors import IntegrityError
 ChunkFetcher = Callable[[ChunkMeta], Awaitable[bytes]]
 """Returns a chunk's verified bytes; raises if the chunk is missing or corrupt."""
 
+PREFETCH_CHUNKS = 8
+"""Chunks fetched ahead of a forward reader (about 2 MiB at tvix's chunk size)."""
+
 
 class ChunkedBlobReader(BlobReader):
-    def __init__(self, digest: Digest, chunks: Sequence[ChunkMeta], fetch: ChunkFetcher) -> None:
+    def __init__(
+        self,
+        digest: Digest,
+        chunks: Sequence[ChunkMeta],
+        fetch: ChunkFetcher,
+        prefetch: int = PREFETCH_CHUNKS,
+    ) -> None:
         if not chunks:
             raise ValueError("a chunked blob needs at least one chunk")
         self._digest = digest
@@ -39,7 +49,8 @@ class ChunkedBlobReader(BlobReader):
         self._pos = 0
         self._cached_index = -1
         self._cached: bytes = b""
-        self._prefetch: tuple[int, asyncio.Task[bytes]] | None = None
+        self._window = prefetch
+        self._ahead: dict[int, asyncio.Task[bytes]] = {}
         # Whole-blob verification while reads stay sequential from offset 0.
         self._hasher: blake3.blake3 | None = blake3.blake3()
         self._hashed = 0
@@ -63,31 +74,34 @@ class ChunkedBlobReader(BlobReader):
     async def _chunk(self, index: int) -> bytes:
         if index == self._cached_index:
             return self._cached
-        data: bytes
-        if self._prefetch is not None and self._prefetch[0] == index:
-            data = await self._prefetch[1]
-            self._prefetch = None
-        else:
-            self._cancel_prefetch()
-            data = await self._fetch(self._chunks[index])
+        forward = index == self._cached_index + 1
+        task = self._ahead.pop(index, None)
+        data = await task if task is not None else await self._fetch(self._chunks[index])
         if len(data) != self._chunks[index].size:
             raise IntegrityError(
                 f"blob {self._digest}: chunk {self._chunks[index].digest} has "
                 f"{len(data)} bytes, the chunk list says {self._chunks[index].size}"
             )
         self._cached_index, self._cached = index, data
-        following = index + 1
-        if following < len(self._chunks) and self._prefetch is None:
-            task = asyncio.ensure_future(self._fetch(self._chunks[following]))
-            # A failed prefetch is reported when (if ever) the chunk is read.
-            task.add_done_callback(_consume_exception)
-            self._prefetch = (following, task)
+        self._plan_ahead(index, forward)
         return data
 
+    def _plan_ahead(self, index: int, forward: bool) -> None:
+        """Keep the window after ``index`` in flight while reads go forward."""
+        end = min(len(self._chunks), index + 1 + self._window) if forward else index + 1
+        for stale in [i for i in self._ahead if not index < i < end]:
+            self._ahead.pop(stale).cancel()
+        for following in range(index + 1, end):
+            if following not in self._ahead:
+                task = asyncio.ensure_future(self._fetch(self._chunks[following]))
+                # A failed prefetch is reported when (if ever) the chunk is read.
+                task.add_done_callback(_consume_exception)
+                self._ahead[following] = task
+
     def _cancel_prefetch(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch[1].cancel()
-            self._prefetch = None
+        for task in self._ahead.values():
+            task.cancel()
+        self._ahead.clear()
 
     async def read(self, n: int = -1) -> bytes:
         end = self._size if n < 0 else min(self._size, self._pos + n)

@@ -34,7 +34,7 @@ from cafs.castore.blobs.base import (
 from cafs.castore.blobs.chunked import ChunkedBlobReader
 from cafs.castore.digest import EMPTY_DIGEST, Digest
 from cafs.castore.objectstore import ObjectStorage, Staged
-from cafs.errors import IntegrityError, StorageError
+from cafs.errors import CafsError, IntegrityError, StorageError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,20 @@ class ObjectStoreBlobService(BlobService):
         if isinstance(found, bytes):
             return BytesBlobReader(found)
         return ChunkedBlobReader(digest, found, self._fetch_chunk)
+
+    async def read_many(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
+        return await asyncio.to_thread(self._read_many_sync, list(digests))
+
+    def _read_many_sync(self, digests: list[Digest]) -> dict[Digest, bytes]:
+        found: dict[Digest, bytes] = {}
+        for digest in digests:
+            try:
+                data = load_verified_chunk(self.storage, digest)
+            except CafsError:
+                continue  # reported when (if ever) the blob is opened
+            if data is not None:  # multi-chunk blobs are left to open_read
+                found[digest] = data
+        return found
 
     def _open_sync(self, digest: Digest) -> bytes | list[ChunkMeta] | None:
         """A single-chunk blob's bytes, else its chunk list (one thread hop for both)."""
