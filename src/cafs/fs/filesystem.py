@@ -136,7 +136,6 @@ class Filesystem:
         self._loading: dict[int, asyncio.Future[DirectoryInode]] = {}
         self._present: set[Digest] = set()
         self._parent_hint: dict[int, int] = {}
-        self._siblings_fetched: set[int] = set()
         self._ahead: OrderedDict[Digest, bytes] = OrderedDict()
         self._ahead_bytes = 0
         self._in_flight: dict[Digest, asyncio.Future[dict[Digest, bytes]]] = {}
@@ -383,28 +382,28 @@ class Filesystem:
         return reader
 
     def _fetch_siblings(self, ino: int) -> None:
-        """Start fetching the small files beside ``ino``, in one batch.
+        """Start fetching the small files after ``ino`` in its directory, in one batch.
 
         A program that opens one file of a directory usually opens its
         neighbours next (a build, a walk that reads). Each fetch costs a
         round trip to the store (a thread hop, a network request), so the
-        neighbours' blobs are fetched together, once per directory, in the
-        background; their opens then find them ready.
+        neighbours' blobs are fetched together in the background, and their
+        opens find them ready. Files already fetched or on their way are
+        skipped, so a directory read in order costs one batch per
+        ``SIBLING_BATCH_FILES`` files.
         """
         parent = self._parent_hint.get(ino)
-        if parent is None or parent in self._siblings_fetched:
-            return
-        directory = self.inodes.get(parent)
+        directory = self.inodes.get(parent) if parent is not None else None
         if not isinstance(directory, DirectoryInode) or directory.entries is None:
             return
-        self._siblings_fetched.add(parent)
+        entries = directory.entries
+        start = next((i for i, (_, child) in enumerate(entries) if child == ino), 0)
         wanted: list[Digest] = []
         total = 0
-        for _, child in directory.entries:
+        for _, child in entries[start + 1 :] + entries[:start]:
             data = self.inodes.get(child)
             if (
-                child == ino
-                or not isinstance(data, RegularInode)
+                not isinstance(data, RegularInode)
                 or data.size > SIBLING_MAX_SIZE
                 or data.digest in self._present
                 or data.digest in self._ahead
@@ -438,6 +437,19 @@ class Filesystem:
         while self._ahead_bytes > BLOB_CACHE_BYTES:
             _, dropped = self._ahead.popitem(last=False)
             self._ahead_bytes -= len(dropped)
+
+    def contents_at_hand(self, fh: int) -> bytes | None:
+        """A small file's whole contents, when its open already fetched them.
+
+        The adapter hands these to the kernel's page cache with the open, so
+        the read that follows needs no round trip.
+        """
+        handle = self._file_handles.get(fh)
+        if handle is None or not isinstance(handle.reader, BytesBlobReader):
+            return None
+        if not 0 < handle.reader.size <= SIBLING_MAX_SIZE:
+            return None
+        return handle.reader.contents
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes from ``offset``, fewer only at the end of the file."""

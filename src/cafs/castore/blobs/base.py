@@ -84,6 +84,10 @@ class BytesBlobReader(BlobReader):
     def size(self) -> int:
         return len(self._data)
 
+    @property
+    def contents(self) -> bytes:
+        return self._data
+
     def tell(self) -> int:
         return self._pos
 

@@ -169,6 +169,11 @@ def stage_blob(
     return digest, staged
 
 
+READ_MANY_THREADS = 4
+READ_MANY_SLICE = 8
+"""At least this many blobs per thread of a batch read: a thread hop costs about one read."""
+
+
 class ObjectStoreBlobService(BlobService):
     def __init__(
         self, storage: ObjectStorage, avg_chunk_size: int = DEFAULT_AVG_CHUNK_SIZE
@@ -217,7 +222,17 @@ class ObjectStoreBlobService(BlobService):
         return ChunkedBlobReader(digest, found, self._fetch_chunk)
 
     async def read_many(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
-        return await asyncio.to_thread(self._read_many_sync, list(digests))
+        # A few threads: a disk serves concurrent small reads faster than a
+        # queue of one (objects of one directory are scattered by digest).
+        wanted = list(digests)
+        step = max(READ_MANY_SLICE, -(-len(wanted) // READ_MANY_THREADS))
+        parts = await asyncio.gather(
+            *(
+                asyncio.to_thread(self._read_many_sync, wanted[i : i + step])
+                for i in range(0, len(wanted), step)
+            )
+        )
+        return {digest: data for part in parts for digest, data in part.items()}
 
     def _read_many_sync(self, digests: list[Digest]) -> dict[Digest, bytes]:
         found: dict[Digest, bytes] = {}
