@@ -160,6 +160,13 @@ async def castore_cat(
     await with_services(blob_service_addr, directory_service_addr, body)
 
 
+async def required_directory(services: CastoreServices, digest: Digest) -> Directory:
+    directory = await services.directories.get(digest)
+    if directory is None:
+        raise CommandError(f"directory {digest} not found")
+    return directory
+
+
 def listing_line(path: str, node: Node) -> str:
     if isinstance(node, DirectoryNode):
         return f"directory   {node.digest} {node.size:>12}  {path}/"
@@ -184,9 +191,7 @@ async def castore_ls(
     wanted = Digest.parse(digest)
 
     async def body(services: CastoreServices) -> None:
-        root = await services.directories.get(wanted)
-        if root is None:
-            raise CommandError(f"directory {wanted} not found")
+        root = await required_directory(services, wanted)
 
         async def show(directory: Directory, prefix: str) -> None:
             for name, node in directory:
@@ -259,9 +264,7 @@ async def castore_mount(
     wanted = Digest.parse(digest)
 
     async def body(services: CastoreServices) -> None:
-        root = await services.directories.get(wanted)
-        if root is None:
-            raise CommandError(f"directory {wanted} not found")
+        root = await required_directory(services, wanted)
         fs = Filesystem(
             services.blobs,
             services.directories,
