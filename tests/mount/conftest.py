@@ -99,6 +99,12 @@ def mounted(
         force_unmount(mountpoint)
 
 
+def expect_errno(code: int, func: object, *args: object) -> None:
+    """``func(*args)`` fails with exactly errno ``code``."""
+    with pytest.raises(OSError, match=rf"\[Errno {code}\]"):
+        func(*args)  # type: ignore[operator]
+
+
 def ingest(tree: Path, home: Path) -> str:
     """Ingest ``tree`` with the cafs command; the root digest."""
     line = cafs("castore", "ingest", str(tree), home=home).stdout

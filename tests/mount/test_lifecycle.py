@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 
 from cafs.castore.digest import Digest
-from tests.mount.conftest import Corpus, ingest, is_mounted, mounted
+from tests.mount.conftest import Corpus, expect_errno, ingest, is_mounted, mounted
 from tests.process import cafs
-
-
-def expect_errno(code: int, func: object, *args: object) -> None:
-    with pytest.raises(OSError, match=rf"\[Errno {code}\]"):
-        func(*args)  # type: ignore[operator]
 
 
 def small_tree(root: Path) -> Path:

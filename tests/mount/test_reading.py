@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cafs.castore.digest import Digest
-from tests.mount.conftest import BIG_SIZE, MANY, Corpus, Mount
+from tests.mount.conftest import BIG_SIZE, MANY, Corpus, Mount, expect_errno
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 libc.getxattr.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
@@ -223,11 +223,6 @@ def test_xattrs_expose_digests(corpus: Corpus, mount: Mount) -> None:
     names = BLOB_XATTR.encode() + b"\0"
     assert libc.listxattr(path, None, 0) == len(names)
     assert libc.listxattr(path, buf, 5) == -1 and ctypes.get_errno() == errno.ERANGE
-
-
-def expect_errno(code: int, func: object, *args: object) -> None:
-    with pytest.raises(OSError, match=rf"\[Errno {code}\]"):
-        func(*args)  # type: ignore[operator]
 
 
 def test_writes_are_refused_read_only(mount: Mount) -> None:

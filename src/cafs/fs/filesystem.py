@@ -25,7 +25,7 @@ from cafs.castore.blobs.base import BlobReader, BlobService, BytesBlobReader
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryService
 from cafs.castore.directory import Directory
-from cafs.castore.nodes import display_name
+from cafs.castore.nodes import Node, display_name
 from cafs.fs.attrs import Attributes, attributes, root_attributes
 from cafs.fs.inodes import (
     ROOT_INO,
@@ -240,7 +240,14 @@ class Filesystem:
             raise FsError(errno.EIO, str(exc)) from exc
         if node is None:
             raise FsError(errno.ENOENT)
-        return self._root_names.setdefault(name, self.inodes.put(node))
+        return self._root_ino(name, node)
+
+    def _root_ino(self, name: bytes, node: Node) -> int:
+        """The inode of root entry ``name``; the first node given for a name stays."""
+        ino = self._root_names.get(name)
+        if ino is None:
+            ino = self._root_names[name] = self.inodes.put(node)
+        return ino
 
     # -- directory listings ----------------------------------------------------
 
@@ -260,13 +267,7 @@ class Filesystem:
 
     async def _root_stream(self) -> AsyncGenerator[tuple[bytes, int], None]:
         async for name, node in self.root_nodes.list():
-            known = self._root_names.get(name)
-            yield (
-                name,
-                known
-                if known is not None
-                else self._root_names.setdefault(name, self.inodes.put(node)),
-            )
+            yield name, self._root_ino(name, node)
 
     async def readdir(self, fh: int, offset: int) -> AsyncGenerator[DirEntry, None]:
         """Entries from ``offset`` on; stop pulling whenever the caller is full.
@@ -371,14 +372,18 @@ class Filesystem:
                 return BytesBlobReader(fetched)
         else:
             self._fetch_siblings(ino)
+        return await self._open_blob("open", ino, data.digest)
+
+    async def _open_blob(self, operation: str, ino: int, digest: Digest) -> BlobReader:
+        """A reader over ``digest``; EIO (logged) if the store lacks it or fails."""
         try:
-            reader = await self.blobs.open_read(data.digest)
+            reader = await self.blobs.open_read(digest)
         except Exception as exc:
-            log.warning("open ino=%d blob=%s: %s", ino, data.digest, exc)
+            log.warning("%s ino=%d blob=%s: %s", operation, ino, digest, exc)
             raise FsError(errno.EIO, str(exc)) from exc
         if reader is None:
-            log.warning("open ino=%d blob=%s: not in the blob service", ino, data.digest)
-            raise FsError(errno.EIO, f"blob {data.digest} is missing")
+            log.warning("%s ino=%d blob=%s: not in the blob service", operation, ino, digest)
+            raise FsError(errno.EIO, f"blob {digest} is missing")
         return reader
 
     def _fetch_siblings(self, ino: int) -> None:
@@ -463,7 +468,8 @@ class Filesystem:
             try:
                 reader = handle.reader
                 if reader is None:
-                    reader = handle.reader = await self._open_reader(handle)
+                    reader = await self._open_blob("read", handle.ino, handle.data.digest)
+                    handle.reader = reader
                 if reader.tell() != offset:
                     await reader.seek(offset)
                 return await reader.read(size)
@@ -480,15 +486,6 @@ class Filesystem:
                     exc,
                 )
                 raise FsError(errno.EIO, str(exc)) from exc
-
-    async def _open_reader(self, handle: _FileHandle) -> BlobReader:
-        reader = await self.blobs.open_read(handle.data.digest)
-        if reader is None:
-            log.warning(
-                "read ino=%d blob=%s: not in the blob service", handle.ino, handle.data.digest
-            )
-            raise FsError(errno.EIO, f"blob {handle.data.digest} is missing")
-        return reader
 
     async def release(self, fh: int) -> None:
         handle = self._file_handles.pop(fh, None)
