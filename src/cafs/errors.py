@@ -50,3 +50,27 @@ class StorageError(CafsError):
 
 class IngestError(CafsError):
     """A file tree that cannot be imported (unsupported file types, races)."""
+
+
+class StorePathError(ValidationError):
+    """A store path (basename or absolute) that breaks one of Nix's rules."""
+
+
+class HashFormatError(ValidationError):
+    """A Nix hash or content address string that cannot be parsed."""
+
+
+class SignatureError(ValidationError):
+    """A signature or key in Nix's ``name:base64`` form that cannot be parsed."""
+
+
+class NarInfoError(ValidationError):
+    """Narinfo text that cannot be parsed (missing, duplicate or malformed fields)."""
+
+
+class PathInfoValidationError(ValidationError):
+    """A PathInfo that breaks one of the PathInfo rules."""
+
+
+class NarError(ValidationError):
+    """A NAR archive that is malformed or truncated, or that cannot be rendered."""
