@@ -1,0 +1,1 @@
+"""The Nix layer: store paths, path infos, NAR archives, narinfo and signatures."""
