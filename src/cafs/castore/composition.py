@@ -105,3 +105,10 @@ def directory_service_from_addr(url: str) -> DirectoryService:
     if scheme in REMOTE_SCHEMES or scheme.startswith("objectstore+"):
         raise _unsupported_remote(url, parts)
     raise InvalidAddressError(url, f"unknown directory service scheme {scheme!r}")
+
+
+# The URL rules the store layer's composition (cafs.store.composition) shares.
+check_no_query = _no_query
+check_memory_url = _memory
+local_path = _local_path
+unsupported_remote = _unsupported_remote

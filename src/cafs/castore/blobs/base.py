@@ -173,6 +173,14 @@ class BlobService(ABC):
             results.append((await self.put(data), len(data)))
         return results
 
+    async def put_many(self, blobs: Sequence[bytes]) -> list[Digest]:
+        """Store several small blobs held in memory; returns their digests, in order.
+
+        The in-memory sibling of ``put_files``, for blobs that arrive in a
+        stream (a NAR) rather than as files.
+        """
+        return [await self.put(data) for data in blobs]
+
     async def read_many(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
         """Several small blobs in one call; absent or unreadable ones are left out.
 

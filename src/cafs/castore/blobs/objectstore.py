@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import blake3
 import zstandard
@@ -38,6 +39,8 @@ from cafs.errors import CafsError, IntegrityError, StorageError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_AVG_CHUNK_SIZE = 256 * 1024
 ZSTD_LEVEL = 3
@@ -274,12 +277,23 @@ class ObjectStoreBlobService(BlobService):
 
     def _stage_files(self, paths: Sequence[str]) -> tuple[list[tuple[Digest, int]], list[Staged]]:
         """Read, hash, chunk, compress and stage whole files (blocking)."""
+        return self._stage_each(paths, read_file)
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[Digest]:
+        results, staged = await asyncio.to_thread(self._stage_each, blobs, bytes)
+        await self.storage.commit(staged)
+        return [digest for digest, _ in results]
+
+    def _stage_each(
+        self, sources: Sequence[T], load: Callable[[T], bytes]
+    ) -> tuple[list[tuple[Digest, int]], list[Staged]]:
+        """Hash, chunk, compress and stage each loaded source (blocking); all or nothing."""
         chunker = self.new_chunker()
         results: list[tuple[Digest, int]] = []
         staged: list[Staged] = []
         try:
-            for path in paths:
-                data = read_file(path)
+            for source in sources:
+                data = load(source)
                 digest, items = stage_blob(self.storage, chunker, data)
                 results.append((digest, len(data)))
                 staged.extend(items)

@@ -1,0 +1,1 @@
+"""NAR, Nix's archive format: rendering castore trees as NARs and ingesting NARs."""

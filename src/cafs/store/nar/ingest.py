@@ -1,0 +1,353 @@
+"""Ingesting a NAR into castore, streamed, checking every rule of the format.
+
+The archive is parsed as it arrives: small files are hashed here and stored
+in batches in the background, large ones streamed into a blob writer, and
+directories built bottom-up. Directories are stored only once the whole
+archive parsed cleanly, so a malformed or truncated NAR leaves no directory
+(and no path) behind; the blobs it stored are plain content, visible under no
+name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cafs.castore.blobs.base import BlobService
+from cafs.castore.digest import Digest
+from cafs.castore.directories.base import DirectoryService
+from cafs.castore.directory import Directory
+from cafs.castore.nodes import (
+    FileNode,
+    Node,
+    SymlinkNode,
+    display_name,
+    name_problem,
+    symlink_target_problem,
+)
+from cafs.errors import DirectoryValidationError, NarError
+from cafs.store.nar import format as nar
+
+# Reads from the source are this large; a parse never holds more of it.
+READ_BLOCK = 1024 * 1024
+# Files up to this size are held whole and stored in batches.
+SMALL_FILE = 64 * 1024
+BATCH_FILES = 256
+BATCH_BYTES = 4 * 1024 * 1024
+BATCHES_IN_FLIGHT = 2
+
+# Reads up to ``n`` bytes; an empty result is the end of the stream.
+ByteSource = Callable[[int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestedNar:
+    """What a NAR turned into: its root node, and the size and SHA-256 of the NAR read."""
+
+    node: Node
+    nar_size: int
+    nar_sha256: bytes
+
+
+class _Input:
+    """Buffered reads from the source, hashing and counting every byte."""
+
+    def __init__(self, source: ByteSource) -> None:
+        self._source = source
+        self._buffer = bytearray()
+        self._position = 0  # of the first unread byte in the buffer
+        self._hasher = hashlib.sha256()
+        self.consumed = 0
+
+    @property
+    def _available(self) -> int:
+        return len(self._buffer) - self._position
+
+    async def _fill(self) -> bool:
+        block = await self._source(READ_BLOCK)
+        if not block:
+            return False
+        self._hasher.update(block)
+        if self._position:
+            del self._buffer[: self._position]
+            self._position = 0
+        self._buffer += block
+        return True
+
+    def _slice(self, n: int) -> bytes:
+        data = bytes(self._buffer[self._position : self._position + n])
+        self._position += len(data)
+        self.consumed += len(data)
+        return data
+
+    async def take(self, n: int, what: str) -> bytes:
+        """Exactly ``n`` bytes; the end of the stream first is a truncated archive."""
+        while self._available < n:
+            if not await self._fill():
+                raise NarError(f"NAR is truncated: it ends inside {what}")
+        return self._slice(n)
+
+    async def piece(self, n: int, what: str) -> bytes:
+        """Up to ``n`` bytes, at least one: what is at hand (for streaming large contents)."""
+        if not self._available and not await self._fill():
+            raise NarError(f"NAR is truncated: it ends inside {what}")
+        return self._slice(min(n, self._available))
+
+    async def at_end(self) -> bool:
+        return not self._available and not await self._fill()
+
+    def sha256(self) -> bytes:
+        return self._hasher.digest()
+
+    # -- NAR strings ----------------------------------------------------------
+
+    async def length(self, what: str) -> int:
+        return nar.decode_u64(await self.take(8, what))
+
+    async def padding(self, length: int, what: str) -> None:
+        pad = nar.padding(length)
+        if pad and await self.take(pad, what) != b"\0" * pad:
+            raise NarError(f"NAR is malformed: non-zero padding after {what}")
+
+    async def string(self, limit: int, what: str) -> bytes:
+        """A NAR string of at most ``limit`` bytes (checked before reading it)."""
+        at = self.consumed
+        length = await self.length(what)
+        if length > limit:
+            raise NarError(
+                f"NAR is malformed at byte {at}: {what} of {length} bytes, the limit is {limit}"
+            )
+        value = await self.take(length, what)
+        await self.padding(length, what)
+        return value
+
+    async def keyword(self, *expected: str) -> str:
+        at = self.consumed
+        word = await self.string(nar.MAX_KEYWORD_LENGTH, "a keyword")
+        text = word.decode(errors="backslashreplace")
+        if text not in expected:
+            wanted = " or ".join(repr(e) for e in expected)
+            raise NarError(f"NAR is malformed at byte {at}: expected {wanted}, found {text!r}")
+        return text
+
+
+class _Blobs:
+    """Stores file contents: small ones in background batches, large ones streamed."""
+
+    def __init__(self, blobs: BlobService) -> None:
+        self._blobs = blobs
+        self._batch: list[bytes] = []
+        self._digests: list[Digest] = []
+        self._batch_bytes = 0
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def small(self, data: bytes) -> Digest:
+        digest = Digest.of(data)
+        self._batch.append(data)
+        self._digests.append(digest)
+        self._batch_bytes += len(data)
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            await self._flush()
+        return digest
+
+    async def _flush(self) -> None:
+        if not self._batch:
+            return
+        while len(self._in_flight) >= BATCHES_IN_FLIGHT:
+            done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                self._in_flight.discard(task)
+                task.result()
+        batch, digests = self._batch, self._digests
+        self._batch, self._digests, self._batch_bytes = [], [], 0
+        self._in_flight.add(asyncio.ensure_future(self._store(batch, digests)))
+
+    async def _store(self, batch: list[bytes], digests: list[Digest]) -> None:
+        stored = await self._blobs.put_many(batch)
+        if stored != digests:
+            raise NarError("blob service stored a file under a different digest")
+
+    async def large(self, source: _Input, size: int, what: str) -> Digest:
+        writer = await self._blobs.open_write()
+        try:
+            remaining = size
+            while remaining:
+                part = await source.piece(remaining, what)
+                await writer.write(part)
+                remaining -= len(part)
+        except BaseException:
+            await writer.abort()
+            raise
+        return await writer.close()
+
+    async def finish(self) -> None:
+        await self._flush()
+        while self._in_flight:
+            task = self._in_flight.pop()
+            await task
+
+    async def cancel(self) -> None:
+        for task in self._in_flight:
+            task.cancel()
+        for task in self._in_flight:
+            try:
+                await task
+            except BaseException:
+                continue  # cancelled or failed: the parse error is what counts
+        self._in_flight.clear()
+
+
+@dataclass
+class _Frame:
+    """A directory being read: its entries so far and the last name seen."""
+
+    path: str
+    entries: list[tuple[bytes, Node]]
+    last_name: bytes | None = None
+    pending_name: bytes | None = None
+
+
+def _join(path: str, name: bytes) -> str:
+    return f"{path}/{display_name(name)}" if path else display_name(name)
+
+
+async def _leaf_or_directory(
+    source: _Input, blobs: _Blobs, path: str
+) -> tuple[Node | None, _Frame | None]:
+    """Read a node's body after ``(`` ``type``: a leaf node, or a new directory frame."""
+    where = repr(path) if path else "the root"
+    kind = await source.keyword("regular", "symlink", "directory")
+    if kind == "directory":
+        return None, _Frame(path, [])
+    if kind == "symlink":
+        await source.keyword("target")
+        target = await source.string(4096, f"the symlink target of {where}")
+        problem = symlink_target_problem(target)
+        if problem is not None:
+            raise NarError(f"NAR is malformed: {where}: {problem}")
+        await source.keyword(")")
+        return SymlinkNode(target), None
+    executable = await source.keyword("executable", "contents") == "executable"
+    if executable:
+        if await source.string(0, "the executable marker") != b"":
+            raise NarError(f"NAR is malformed: {where}: executable marker is not empty")
+        await source.keyword("contents")
+    size = await source.length(f"the contents of {where}")
+    what = f"the contents of {where}"
+    if size <= SMALL_FILE:
+        digest = await blobs.small(await source.take(size, what))
+    else:
+        digest = await blobs.large(source, size, what)
+    await source.padding(size, what)
+    await source.keyword(")")
+    return FileNode(digest, size, executable), None
+
+
+async def _parse(source: _Input, blobs: _Blobs) -> tuple[Node, list[Directory]]:
+    await source.keyword(nar.MAGIC)
+    await source.keyword("(")
+    await source.keyword("type")
+    node, frame = await _leaf_or_directory(source, blobs, "")
+    if frame is None:
+        assert node is not None
+        return node, []
+    directories: list[Directory] = []
+    seen: set[Digest] = set()
+    stack = [frame]
+    while True:
+        top = stack[-1]
+        word = await source.keyword("entry", ")")
+        if word == ")":
+            # The directory is complete.
+            stack.pop()
+            try:
+                directory = Directory(top.entries)
+            except DirectoryValidationError as exc:
+                raise NarError(f"NAR is malformed: {top.path or 'the root'}: {exc}") from exc
+            if directory.digest not in seen:
+                seen.add(directory.digest)
+                directories.append(directory)
+            if not stack:
+                return directory.as_node(), directories
+            parent = stack[-1]
+            assert parent.pending_name is not None
+            parent.entries.append((parent.pending_name, directory.as_node()))
+            parent.pending_name = None
+            await source.keyword(")")  # closes the entry
+            continue
+        await source.keyword("(")
+        await source.keyword("name")
+        name = await source.string(255 + 1, f"an entry name in {top.path or 'the root'}")
+        problem = name_problem(name)
+        if problem is not None:
+            raise NarError(f"NAR is malformed: in {top.path or 'the root'}: {problem}")
+        if top.last_name is not None and name <= top.last_name:
+            order = "duplicate" if name == top.last_name else "out of order"
+            raise NarError(
+                f"NAR is malformed: entry {_join(top.path, name)!r} is {order} "
+                f"(after {display_name(top.last_name)!r})"
+            )
+        top.last_name = name
+        await source.keyword("node")
+        await source.keyword("(")
+        await source.keyword("type")
+        child_path = _join(top.path, name)
+        node, frame = await _leaf_or_directory(source, blobs, child_path)
+        if frame is not None:
+            top.pending_name = name
+            stack.append(frame)
+            continue
+        assert node is not None
+        top.entries.append((name, node))
+        await source.keyword(")")  # closes the entry
+
+
+async def ingest_nar(
+    source: ByteSource,
+    blobs: BlobService,
+    directories: DirectoryService,
+) -> IngestedNar:
+    """Read one NAR from ``source`` into the services; trailing bytes are an error."""
+    stream = _Input(source)
+    store = _Blobs(blobs)
+    try:
+        node, closure = await _parse(stream, store)
+        if not await stream.at_end():
+            raise NarError(
+                f"NAR is malformed: data follows the archive's end at byte {stream.consumed}"
+            )
+        await store.finish()
+    except BaseException:
+        await store.cancel()
+        raise
+    if closure:
+        await directories.put_many(closure)
+    return IngestedNar(node, stream.consumed, stream.sha256())
+
+
+def bytes_source(data: bytes) -> ByteSource:
+    """A source over bytes in memory."""
+    view = memoryview(data)
+    position = 0
+
+    async def read(n: int) -> bytes:
+        nonlocal position
+        piece = bytes(view[position : position + n])
+        position += len(piece)
+        return piece
+
+    return read
+
+
+def file_source(file: BinaryIO) -> ByteSource:
+    """A source over a binary file object, read on a worker thread."""
+    read_sync = file.read
+
+    async def read(n: int) -> bytes:
+        data: bytes = await asyncio.to_thread(read_sync, n)
+        return data
+
+    return read
