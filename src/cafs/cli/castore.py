@@ -1,111 +1,32 @@
-"""The ``cafs`` command line."""
+"""``cafs castore …``: blobs and directories, below the Nix layer."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from cafs import __version__
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.castore.ingest import ingest_path
 from cafs.castore.nodes import DirectoryNode, FileNode, Node
+from cafs.cli.common import (
+    CommandError,
+    castore_service_options,
+    fuse_mount_options,
+    log,
+    run_async,
+    with_services,
+)
 from cafs.config import CastoreServices
-from cafs.errors import CafsError
 from cafs.fs.daemon import MountOptions, serve
 from cafs.fs.filesystem import Filesystem
 from cafs.fs.root_nodes import DirectoryRootNodes
 from cafs.progress import ingest_progress
-from cafs.tuning import tune_malloc
-
-P = ParamSpec("P")
-T = TypeVar("T")
-log = logging.getLogger("cafs")
-
-DEFAULT_THREADS = MountOptions().threads
-LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"]
 
 
-class CommandError(CafsError):
-    """A user mistake the CLI reports in one line."""
-
-
-def run_async(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
-    """Run an async command; cafs errors become one line on stderr and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return asyncio.run(func(*args, **kwargs))
-        except CafsError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def castore_service_options(func: Callable[P, T]) -> Callable[P, T]:
-    """The service URL flags (also read from the environment), as in tvix."""
-    func = click.option(
-        "--directory-service-addr",
-        envvar="DIRECTORY_SERVICE_ADDR",
-        metavar="URL",
-        help="Directory service URL [default: the embedded store].",
-    )(func)
-    func = click.option(
-        "--blob-service-addr",
-        envvar="BLOB_SERVICE_ADDR",
-        metavar="URL",
-        help="Blob service URL [default: the embedded store].",
-    )(func)
-    return func
-
-
-async def with_services(
-    blob_addr: str | None,
-    directory_addr: str | None,
-    body: Callable[[CastoreServices], Awaitable[T]],
-) -> T:
-    services = CastoreServices.from_addrs(blob_addr, directory_addr)
-    try:
-        return await body(services)
-    finally:
-        await services.close()
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="INFO",
-    envvar="CAFS_LOG_LEVEL",
-    show_default=True,
-    help="Log messages at this level and above (to stderr).",
-)
-@click.version_option(__version__, prog_name="cafs")
-def main(log_level: str) -> None:
-    """cafs: a content-addressed store with a lazy, read-only FUSE filesystem."""
-    tune_malloc()
-    level = log_level.upper()
-    level = {"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level)
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-@main.group()
+@click.group()
 def castore() -> None:
     """Content-addressed store: blobs and directories."""
 
@@ -208,42 +129,6 @@ async def castore_ls(
     await with_services(blob_service_addr, directory_service_addr, body)
 
 
-def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """The flags every mount command takes (tvix-store's names and environment)."""
-
-    def decorate(func: Callable[P, T]) -> Callable[P, T]:
-        func = click.option(
-            "--threads",
-            envvar="THREADS",
-            type=click.IntRange(min=1),
-            default=DEFAULT_THREADS,
-            show_default=True,
-            help="FUSE requests served at once.",
-        )(func)
-        func = click.option(
-            "--allow-other",
-            envvar="ALLOW_OTHER",
-            is_flag=True,
-            help="Let other users use the mount (needs user_allow_other in /etc/fuse.conf).",
-        )(func)
-        func = click.option(
-            "--show-xattr/--no-show-xattr",
-            default=True,
-            show_default=True,
-            help="Expose blob and directory digests as extended attributes.",
-        )(func)
-        func = click.option(
-            "-l",
-            "--list-root/--no-list-root",
-            default=list_root_default,
-            show_default=True,
-            help="Allow listing the mount root.",
-        )(func)
-        return func
-
-    return decorate
-
-
 @castore.command("mount")
 @click.argument("digest")
 @click.argument("mountpoint", type=click.Path(path_type=str))
@@ -281,7 +166,3 @@ async def castore_mount(
         )
 
     await with_services(blob_service_addr, directory_service_addr, body)
-
-
-if __name__ == "__main__":
-    main()

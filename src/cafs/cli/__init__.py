@@ -1,0 +1,41 @@
+"""The ``cafs`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from cafs import __version__
+from cafs.cli.castore import castore
+from cafs.tuning import tune_malloc
+
+LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    envvar="CAFS_LOG_LEVEL",
+    show_default=True,
+    help="Log messages at this level and above (to stderr).",
+)
+@click.version_option(__version__, prog_name="cafs")
+def main(log_level: str) -> None:
+    """cafs: a content-addressed store with a lazy, read-only FUSE filesystem."""
+    tune_malloc()
+    level = log_level.upper()
+    level = {"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level)
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+main.add_command(castore)
+
+__all__ = ["main"]

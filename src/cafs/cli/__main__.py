@@ -1,0 +1,5 @@
+"""``python -m cafs.cli``."""
+
+from cafs.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""What every command shares: running async bodies, errors, service and mount flags."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from cafs.config import CastoreServices
+from cafs.errors import CafsError
+from cafs.fs.daemon import MountOptions
+
+P = ParamSpec("P")
+T = TypeVar("T")
+log = logging.getLogger("cafs")
+
+DEFAULT_THREADS = MountOptions().threads
+
+
+class CommandError(CafsError):
+    """A user mistake the CLI reports in one line."""
+
+
+def run_async(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """Run an async command; cafs errors become one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return asyncio.run(func(*args, **kwargs))
+        except CafsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def castore_service_options(func: Callable[P, T]) -> Callable[P, T]:
+    """The service URL flags (also read from the environment), as in tvix."""
+    func = click.option(
+        "--directory-service-addr",
+        envvar="DIRECTORY_SERVICE_ADDR",
+        metavar="URL",
+        help="Directory service URL [default: the embedded store].",
+    )(func)
+    func = click.option(
+        "--blob-service-addr",
+        envvar="BLOB_SERVICE_ADDR",
+        metavar="URL",
+        help="Blob service URL [default: the embedded store].",
+    )(func)
+    return func
+
+
+async def with_services(
+    blob_addr: str | None,
+    directory_addr: str | None,
+    body: Callable[[CastoreServices], Awaitable[T]],
+) -> T:
+    services = CastoreServices.from_addrs(blob_addr, directory_addr)
+    try:
+        return await body(services)
+    finally:
+        await services.close()
+
+
+def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """The flags every mount command takes (tvix-store's names and environment)."""
+
+    def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        func = click.option(
+            "--threads",
+            envvar="THREADS",
+            type=click.IntRange(min=1),
+            default=DEFAULT_THREADS,
+            show_default=True,
+            help="FUSE requests served at once.",
+        )(func)
+        func = click.option(
+            "--allow-other",
+            envvar="ALLOW_OTHER",
+            is_flag=True,
+            help="Let other users use the mount (needs user_allow_other in /etc/fuse.conf).",
+        )(func)
+        func = click.option(
+            "--show-xattr/--no-show-xattr",
+            default=True,
+            show_default=True,
+            help="Expose blob and directory digests as extended attributes.",
+        )(func)
+        func = click.option(
+            "-l",
+            "--list-root/--no-list-root",
+            default=list_root_default,
+            show_default=True,
+            help="Allow listing the mount root.",
+        )(func)
+        return func
+
+    return decorate
