@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -69,3 +72,40 @@ def ingest_progress(label: str) -> Iterator[_RichIngestProgress | _Quiet]:
     )
     with progress:
         yield _RichIngestProgress(progress, label)
+
+
+class Counter(Protocol):
+    def advance(self, n: int = 1) -> None: ...
+
+
+class _RichCounter:
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.update(self._task, advance=n)
+
+
+class _QuietCounter:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@contextmanager
+def count_progress(label: str, total: int, unit: str) -> Iterator[Counter]:
+    """A bar counting items of work (store paths): live on a terminal, silent elsewhere."""
+    if not sys.stderr.isatty():
+        yield _QuietCounter()
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        yield _RichCounter(progress, progress.add_task(label, total=total))

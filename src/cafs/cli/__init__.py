@@ -9,6 +9,7 @@ import click
 
 from cafs import __version__
 from cafs.cli.castore import castore
+from cafs.cli.store import STORE_COMMANDS
 from cafs.tuning import tune_malloc
 
 LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"]
@@ -37,5 +38,7 @@ def main(log_level: str) -> None:
 
 
 main.add_command(castore)
+for command in STORE_COMMANDS:
+    main.add_command(command)
 
 __all__ = ["main"]

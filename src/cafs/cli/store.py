@@ -1,0 +1,277 @@
+"""The Nix layer's commands: import, copy, nar dump/import, path-info, mount."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+
+from cafs.cli.common import (
+    CommandError,
+    P,
+    T,
+    castore_service_options,
+    fuse_mount_options,
+    log,
+    run_async,
+)
+from cafs.config import StoreServices
+from cafs.errors import StorePathError
+from cafs.fs.daemon import MountOptions, serve
+from cafs.fs.filesystem import Filesystem
+from cafs.progress import count_progress, ingest_progress
+from cafs.store import nixbase32
+from cafs.store.copy import copy_closure, read_closure
+from cafs.store.hashes import NixHash
+from cafs.store.importer import import_nar, import_path
+from cafs.store.nar.ingest import file_source
+from cafs.store.nar.render import render_nar
+from cafs.store.narinfo import NarInfo
+from cafs.store.pathinfo import PathInfo
+from cafs.store.root_nodes import PathInfoRootNodes
+from cafs.store.storepath import StorePath
+
+
+def store_service_options(func: Callable[P, T]) -> Callable[P, T]:
+    """The castore flags plus the PathInfo service's."""
+    func = click.option(
+        "--path-info-service-addr",
+        envvar="PATH_INFO_SERVICE_ADDR",
+        metavar="URL",
+        help="PathInfo service URL [default: the embedded store].",
+    )(func)
+    return castore_service_options(func)
+
+
+async def with_store_services(
+    blob_addr: str | None,
+    directory_addr: str | None,
+    path_info_addr: str | None,
+    body: Callable[[StoreServices], Awaitable[T]],
+) -> T:
+    services = StoreServices.from_addrs(blob_addr, directory_addr, path_info_addr)
+    try:
+        return await body(services)
+    finally:
+        await services.close()
+
+
+def parse_store_path(text: str) -> StorePath:
+    try:
+        return StorePath.parse(text)
+    except StorePathError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+async def required_path_info(services: StoreServices, path: StorePath) -> PathInfo:
+    """The PathInfo of exactly ``path``, digest and name, or a one-line error."""
+    info = await services.path_infos.get(path.digest)
+    if info is None or info.store_path != path:
+        raise CommandError(f"{path.absolute} is not in the store")
+    return info
+
+
+def narinfo_of(info: PathInfo) -> NarInfo:
+    """The narinfo an uncompressed binary cache would serve for ``info``."""
+    return NarInfo(
+        store_path=info.store_path,
+        url=f"nar/{nixbase32.encode(info.nar_sha256)}.nar",
+        compression=None,
+        nar_hash=NixHash("sha256", info.nar_sha256),
+        nar_size=info.nar_size,
+        references=list(info.references),
+        deriver=info.deriver,
+        signatures=list(info.signatures),
+        ca=info.ca,
+    )
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@store_service_options
+@run_async
+async def import_command(
+    paths: tuple[str, ...],
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Add trees, files or symlinks as store paths, as `nix-store --add` does; print each."""
+
+    async def body(services: StoreServices) -> None:
+        for path in paths:
+            with ingest_progress(path) as progress:
+                info = await import_path(path, services, progress)
+            click.echo(info.store_path.absolute)
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
+@click.command("copy")
+@click.argument("nix_attrs_json_file", envvar="NIX_ATTRS_JSON_FILE", type=click.Path(path_type=str))
+@store_service_options
+@run_async
+async def copy_command(
+    nix_attrs_json_file: str,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Copy the closure listed by exportReferencesGraph from /nix/store; print each copied path."""
+    entries = read_closure(nix_attrs_json_file)
+
+    async def body(services: StoreServices) -> None:
+        total: list[int] = []
+        with count_progress("copying", len(entries), "paths") as bar:
+
+            def started(n: int) -> None:
+                total.append(n)
+                bar.advance(len(entries) - n)
+
+            def done(path: StorePath) -> None:
+                click.echo(path.absolute)
+                bar.advance()
+
+            result = await copy_closure(entries, services, started, done)
+        log.info("copied %d paths, %d already present", len(result.copied), len(result.present))
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
+@click.group("nar")
+def nar_group() -> None:
+    """NAR archives: render a store path as one, or add one as a store path."""
+
+
+@nar_group.command("dump")
+@click.argument("store_path")
+@store_service_options
+@run_async
+async def nar_dump(
+    store_path: str,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Write the NAR of STORE_PATH to standard output, as `nix-store --dump` does."""
+    wanted = parse_store_path(store_path)
+
+    async def body(services: StoreServices) -> None:
+        info = await required_path_info(services, wanted)
+        out = sys.stdout.buffer
+        async for piece in render_nar(info.node, services.blobs, services.directories):
+            await asyncio.to_thread(out.write, piece)
+        await asyncio.to_thread(out.flush)
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
+@nar_group.command("import")
+@click.argument("nar_file", type=click.Path(path_type=str, allow_dash=True))
+@click.option("--name", help="Store path name [default: the file name without .nar].")
+@store_service_options
+@run_async
+async def nar_import(
+    nar_file: str,
+    name: str | None,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Add the tree of a NAR file (- for standard input) as a store path; print it."""
+    if name is None:
+        if nar_file == "-":
+            raise click.UsageError("--name is needed when the NAR comes from standard input")
+        name = Path(nar_file).name.removesuffix(".nar")
+
+    async def body(services: StoreServices) -> None:
+        stream: BinaryIO
+        if nar_file == "-":
+            info = await import_nar(name, file_source(sys.stdin.buffer), services)
+        else:
+            try:
+                stream = await asyncio.to_thread(open, nar_file, "rb")
+            except OSError as exc:
+                raise CommandError(f"cannot open {nar_file}: {exc.strerror}") from exc
+            try:
+                info = await import_nar(name, file_source(stream), services)
+            finally:
+                stream.close()
+        click.echo(info.store_path.absolute)
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
+@click.command("path-info")
+@click.argument("store_path")
+@store_service_options
+@run_async
+async def path_info_command(
+    store_path: str,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Print the narinfo of STORE_PATH."""
+    wanted = parse_store_path(store_path)
+
+    async def body(services: StoreServices) -> None:
+        info = await required_path_info(services, wanted)
+        click.echo(narinfo_of(info).render(), nl=False)
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
+@click.command("mount")
+@click.argument("mountpoint", type=click.Path(path_type=str))
+@fuse_mount_options(list_root_default=False)
+@store_service_options
+@run_async
+async def mount_command(
+    mountpoint: str,
+    list_root: bool,
+    show_xattr: bool,
+    allow_other: bool,
+    threads: int,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Mount the store read-only at MOUNTPOINT: one entry per store path basename."""
+
+    async def body(services: StoreServices) -> None:
+        fs = Filesystem(
+            services.blobs,
+            services.directories,
+            PathInfoRootNodes(services.path_infos),
+            list_root=list_root,
+            show_xattr=show_xattr,
+        )
+        options = MountOptions(allow_other=allow_other, threads=threads)
+        await serve(
+            fs,
+            mountpoint,
+            options,
+            on_ready=lambda: log.info("serving the store at %s", mountpoint),
+        )
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
+STORE_COMMANDS = [import_command, copy_command, nar_group, path_info_command, mount_command]

@@ -1,0 +1,67 @@
+"""Adding paths to the store the way ``nix-store --add`` does, from a tree or a NAR.
+
+Either way the result is a content-addressed store path: its digest follows
+from the NAR hash of the contents and the name (``source`` type, no
+references), so cafs and Nix print the same path for the same tree. The
+PathInfo is stored last: a failure on the way leaves no path behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cafs.castore.ingest import IngestProgress, ingest_path
+from cafs.castore.nodes import Node
+from cafs.config import StoreServices
+from cafs.errors import StorePathError
+from cafs.store.hashes import CAHash, NixHash
+from cafs.store.nar.ingest import ByteSource, ingest_nar
+from cafs.store.nar.render import calculate_nar
+from cafs.store.pathinfo import PathInfo
+from cafs.store.storepath import ca_store_path, name_problem
+
+
+def checked_name(name: str, source: str) -> str:
+    """``name`` if it can name a store path, else a clear error about ``source``."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise StorePathError(f"{source}: {name!r} cannot name a store path: {problem}")
+    return name
+
+
+def content_addressed_info(name: str, node: Node, nar_size: int, nar_sha256: bytes) -> PathInfo:
+    """The PathInfo of contents added by hash, with no references."""
+    ca = CAHash("nar", NixHash("sha256", nar_sha256))
+    return PathInfo(
+        store_path=ca_store_path(name, ca),
+        node=node,
+        references=(),
+        nar_size=nar_size,
+        nar_sha256=nar_sha256,
+        ca=ca,
+    )
+
+
+async def import_path(
+    path: str | os.PathLike[str],
+    services: StoreServices,
+    progress: IngestProgress | None = None,
+) -> PathInfo:
+    """Ingest ``path`` (a tree, file or symlink) and store it as a store path named after it."""
+    name = checked_name(Path(path).name, os.fspath(path))
+    node = await ingest_path(path, services.blobs, services.directories, progress)
+    nar_size, nar_sha256 = await calculate_nar(node, services.blobs, services.directories)
+    return await services.path_infos.put(
+        content_addressed_info(name, node, nar_size, nar_sha256)
+    )
+
+
+async def import_nar(name: str, source: ByteSource, services: StoreServices) -> PathInfo:
+    """Ingest one NAR and store it as a content-addressed path called ``name``."""
+    checked_name(name, "NAR")
+    result = await ingest_nar(source, services.blobs, services.directories)
+    return await services.path_infos.put(
+        content_addressed_info(name, result.node, result.nar_size, result.nar_sha256)
+    )
+
