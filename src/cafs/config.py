@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from cafs.castore.blobs.base import BlobService
 from cafs.castore.composition import blob_service_from_addr, directory_service_from_addr
 from cafs.castore.directories.base import DirectoryService
+
+if TYPE_CHECKING:
+    from cafs.store.pathinfos.base import PathInfoService
 
 
 def store_home() -> Path:
@@ -31,6 +35,10 @@ def default_directory_service_addr() -> str:
     return "sqlite://" + quote(str(store_home() / "directories.sqlite"))
 
 
+def default_path_info_service_addr() -> str:
+    return "sqlite://" + quote(str(store_home() / "pathinfo.sqlite"))
+
+
 @dataclass
 class CastoreServices:
     """The castore services one command works with."""
@@ -49,3 +57,30 @@ class CastoreServices:
     async def close(self) -> None:
         await self.blobs.close()
         await self.directories.close()
+
+
+@dataclass
+class StoreServices(CastoreServices):
+    """The castore services plus the PathInfo service, for commands of the Nix layer."""
+
+    path_infos: PathInfoService
+
+    @classmethod
+    def from_addrs(
+        cls,
+        blob_addr: str | None,
+        directory_addr: str | None,
+        path_info_addr: str | None = None,
+    ) -> StoreServices:
+        # Imported here so castore-only commands never load the Nix layer.
+        from cafs.store.composition import path_info_service_from_addr
+
+        path_infos = path_info_service_from_addr(path_info_addr or default_path_info_service_addr())
+        castore = CastoreServices.from_addrs(blob_addr, directory_addr)
+        return cls(castore.blobs, castore.directories, path_infos)
+
+    async def close(self) -> None:
+        try:
+            await self.path_infos.close()
+        finally:
+            await super().close()
