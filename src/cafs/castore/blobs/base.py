@@ -39,6 +39,14 @@ class BlobReader(ABC):
     @abstractmethod
     async def read(self, n: int = -1) -> bytes: ...
 
+    async def read_some(self, n: int) -> bytes:
+        """At most ``n`` bytes, at least one before the end: whatever is cheapest.
+
+        For streaming consumers: a chunked reader hands out whole stored
+        chunks this way, without joining or copying them.
+        """
+        return await self.read(n)
+
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_SET:
             target = offset

@@ -120,6 +120,19 @@ class ChunkedBlobReader(BlobReader):
         self._pos = pos
         return out
 
+    async def read_some(self, n: int) -> bytes:
+        if self._pos >= self._size or n <= 0:
+            return b""
+        index = self.chunk_index(self._pos)
+        assert index is not None
+        start = self._starts[index]
+        data = await self._chunk(index)
+        # A slice covering the whole chunk is the chunk itself: no copy.
+        out = data[self._pos - start : min(len(data), self._pos - start + n)]
+        self._account(self._pos, out)
+        self._pos += len(out)
+        return out
+
     def _account(self, offset: int, data: bytes) -> None:
         if self._hasher is None:
             return

@@ -245,20 +245,18 @@ async def render_nar(
             elif plan.units[piece.unit].large:
                 reader = await fetcher.take(piece.unit)
                 assert isinstance(reader, BlobReader)
+                if out:
+                    yield bytes(out)
+                    out.clear()
+                # Large contents pass through as read, without another copy.
                 async with reader:
                     remaining = piece.node.size
                     while remaining:
-                        data = await reader.read(min(remaining, OUTPUT_BLOCK))
+                        data = await reader.read_some(min(remaining, OUTPUT_BLOCK))
                         if not data:
                             raise _size_problem(piece.node, piece.node.size - remaining)
                         remaining -= len(data)
-                        if out:
-                            out += data
-                        else:
-                            out = bytearray(data)
-                        if len(out) >= OUTPUT_BLOCK:
-                            yield bytes(out)
-                            out.clear()
+                        yield data
             else:
                 if piece.unit != batch_index:
                     result = await fetcher.take(piece.unit)
