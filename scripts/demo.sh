@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default store: ingest a sample tree, mount it
-# read-only with FUSE, browse it, unmount.
+# The main job on the embedded default store: import a sample tree as a Nix
+# store path, show its narinfo and NAR hash, mount the store read-only with
+# FUSE, browse the path, unmount.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cafs=.venv/bin/cafs
@@ -16,46 +17,53 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$sample/tree/keep" "$sample/tree/bin" "$mnt"
-: > "$sample/tree/.keep"
-: > "$sample/tree/keep/.keep"
-ln -s /nix/store/somewhereelse "$sample/tree/aa"
-printf 'Hello World!\n' > "$sample/tree/hello.txt"
-printf '#!/bin/sh\necho hello from a cafs mount\n' > "$sample/tree/bin/hello"
-chmod +x "$sample/tree/bin/hello"
-head -c 3000000 /dev/urandom > "$sample/tree/random.bin"
+tree="$sample/hello-tree"
+mkdir -p "$tree/keep" "$tree/bin" "$mnt"
+: > "$tree/.keep"
+: > "$tree/keep/.keep"
+ln -s /nix/store/somewhereelse "$tree/aa"
+printf 'Hello World!\n' > "$tree/hello.txt"
+printf '#!/bin/sh\necho hello from a cafs mount\n' > "$tree/bin/hello"
+chmod +x "$tree/bin/hello"
+head -c 3000000 /dev/urandom > "$tree/random.bin"
 
-echo "\$ cafs castore ingest tree"
-line=$("$cafs" castore ingest "$sample/tree")
-echo "${line#"$sample/"}"
-digest=$(echo "$line" | awk '{print $3}')
+echo "\$ cafs import hello-tree"
+path=$("$cafs" import "$tree")
+echo "$path"
+base=${path#/nix/store/}
 echo
-echo "\$ cafs castore mount $digest mnt &"
-"$cafs" castore mount "$digest" "$mnt" &
+echo "\$ cafs path-info $path"
+"$cafs" path-info "$path"
+echo
+echo "\$ cafs nar dump $path | sha256sum"
+"$cafs" nar dump "$path" | sha256sum
+echo
+echo "\$ cafs mount mnt &"
+"$cafs" mount "$mnt" &
 mount_pid=$!
 for _ in $(seq 100); do
   grep -qs " $mnt " /proc/mounts && break
   kill -0 "$mount_pid" 2>/dev/null || { echo "mount failed" >&2; exit 1; }
   sleep 0.1
 done
-cd "$mnt"
+cd "$mnt/$base"
 echo
-echo "\$ ls -l mnt mnt/bin"
+echo "\$ ls -l mnt/$base mnt/$base/bin"
 ls -l . bin
 echo
-echo "\$ cat mnt/hello.txt"
+echo "\$ cat mnt/$base/hello.txt"
 cat hello.txt
 echo
-echo "\$ mnt/bin/hello"
+echo "\$ mnt/$base/bin/hello"
 ./bin/hello
 echo
-echo "\$ cmp mnt/random.bin tree/random.bin && echo identical"
-cmp random.bin "$sample/tree/random.bin" && echo identical
+echo "\$ cmp mnt/$base/random.bin hello-tree/random.bin && echo identical"
+cmp random.bin "$tree/random.bin" && echo identical
 echo
-echo "\$ python3 -c 'import os; print(os.getxattr(\"mnt/hello.txt\", \"user.tvix.castore.blob.digest\"))'"
+echo "\$ python3 -c 'import os; print(os.getxattr(\"mnt/$base/hello.txt\", \"user.tvix.castore.blob.digest\"))'"
 python3 -c 'import os; print(os.getxattr("hello.txt", "user.tvix.castore.blob.digest").decode())'
 echo
-echo "\$ touch mnt/new"
+echo "\$ touch mnt/$base/new"
 touch new 2>&1 || true
 cd - >/dev/null
 echo
@@ -63,4 +71,4 @@ echo "\$ kill -TERM <cafs>   # or: fusermount3 -u mnt"
 kill -TERM "$mount_pid"; wait "$mount_pid"; mount_pid=""
 echo
 echo "store: ${CAFS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/cafs}"
-echo "mount it yourself: mkdir -p /tmp/cafs && $cafs castore mount $digest /tmp/cafs"
+echo "mount it yourself: mkdir -p /tmp/cafs && $cafs mount /tmp/cafs &  then: ls /tmp/cafs/$base"
