@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs clean
+.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar clean
 
 all: test
 
@@ -60,3 +60,6 @@ bench-fs: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+bench-nar: venv
+	$(BIN)/python bench/nar.py
