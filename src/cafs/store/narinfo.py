@@ -25,6 +25,9 @@ _SIZE = re.compile(r"0|[1-9][0-9]*")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_SIZE = 2**64 - 1
 _REQUIRED = ("StorePath", "URL", "NarHash", "NarSize", "References")
+_SINGLE = frozenset(
+    {*_REQUIRED, "Compression", "FileHash", "FileSize", "Deriver", "System", "CA"}
+)  # every known key but Sig, which repeats
 
 
 class NarInfoFlag(enum.Flag):
@@ -203,7 +206,7 @@ class _Parser:
             where = f"narinfo line {number}"
             key, value = self._split(where, line.removesuffix("\r"))
             where = f"{where} ({key})"
-            if key in self.seen and key != "Sig":
+            if key in self.seen and key in _SINGLE:
                 raise NarInfoError(f"{where}: duplicate field {key}")
             self.seen.add(key)
             try:

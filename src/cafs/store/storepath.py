@@ -77,7 +77,8 @@ class StorePath:
     def from_absolute(cls, path: str | bytes) -> StorePath:
         """Parse ``/nix/store/<hash>-<name>``."""
         store_path, rest = cls.from_absolute_full(path)
-        if rest:
+        text = path.decode(errors="surrogateescape") if isinstance(path, bytes) else path
+        if rest or text.endswith("/"):
             raise StorePathError(f"invalid store path {path!r}: a path below a store path")
         return store_path
 
