@@ -24,13 +24,10 @@ from cafs.errors import StorePathError
 from cafs.fs.daemon import MountOptions, serve
 from cafs.fs.filesystem import Filesystem
 from cafs.progress import count_progress, ingest_progress
-from cafs.store import nixbase32
 from cafs.store.copy import copy_closure, read_closure
-from cafs.store.hashes import NixHash
 from cafs.store.importer import import_nar, import_path
 from cafs.store.nar.ingest import file_source
 from cafs.store.nar.render import render_nar
-from cafs.store.narinfo import NarInfo
 from cafs.store.pathinfo import PathInfo
 from cafs.store.root_nodes import PathInfoRootNodes
 from cafs.store.storepath import StorePath
@@ -73,21 +70,6 @@ async def required_path_info(services: StoreServices, path: StorePath) -> PathIn
     if info is None or info.store_path != path:
         raise CommandError(f"{path.absolute} is not in the store")
     return info
-
-
-def narinfo_of(info: PathInfo) -> NarInfo:
-    """The narinfo an uncompressed binary cache would serve for ``info``."""
-    return NarInfo(
-        store_path=info.store_path,
-        url=f"nar/{nixbase32.encode(info.nar_sha256)}.nar",
-        compression=None,
-        nar_hash=NixHash("sha256", info.nar_sha256),
-        nar_size=info.nar_size,
-        references=list(info.references),
-        deriver=info.deriver,
-        signatures=list(info.signatures),
-        ca=info.ca,
-    )
 
 
 @click.command("import")
@@ -229,7 +211,7 @@ async def path_info_command(
 
     async def body(services: StoreServices) -> None:
         info = await required_path_info(services, wanted)
-        click.echo(narinfo_of(info).render(), nl=False)
+        click.echo(info.to_narinfo().render(), nl=False)
 
     await with_store_services(
         blob_service_addr, directory_service_addr, path_info_service_addr, body

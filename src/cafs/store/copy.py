@@ -124,9 +124,7 @@ async def copy_closure(
 ) -> CopyResult:
     """Copy every entry the store lacks; ``started`` hears how many, ``done`` each one."""
     unique = list({e.path: e for e in entries}.values())
-    stored = await asyncio.gather(
-        *(services.path_infos.get(e.path.digest) for e in unique)
-    )
+    stored = await asyncio.gather(*(services.path_infos.get(e.path.digest) for e in unique))
     missing: list[ClosureEntry] = []
     present: list[StorePath] = []
     for entry, info in zip(unique, stored, strict=True):
@@ -159,4 +157,3 @@ async def copy_closure(
             first = first.exceptions[0]
         raise first from None
     return CopyResult(copied, present)
-

@@ -52,9 +52,7 @@ async def import_path(
     name = checked_name(Path(path).name, os.fspath(path))
     node = await ingest_path(path, services.blobs, services.directories, progress)
     nar_size, nar_sha256 = await calculate_nar(node, services.blobs, services.directories)
-    return await services.path_infos.put(
-        content_addressed_info(name, node, nar_size, nar_sha256)
-    )
+    return await services.path_infos.put(content_addressed_info(name, node, nar_size, nar_sha256))
 
 
 async def import_nar(name: str, source: ByteSource, services: StoreServices) -> PathInfo:
@@ -64,4 +62,3 @@ async def import_nar(name: str, source: ByteSource, services: StoreServices) -> 
     return await services.path_infos.put(
         content_addressed_info(name, result.node, result.nar_size, result.nar_sha256)
     )
-

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from cafs.castore.nodes import Node, display_name, node_from_proto, node_to_proto
 from cafs.errors import PathInfoValidationError, SignatureError, StorePathError, ValidationError
 from cafs.gen.tvix.store.v1 import pathinfo_pb2
-from cafs.store import narinfo
+from cafs.store import narinfo, nixbase32
 from cafs.store.hashes import DIGEST_SIZES, CAHash, CAKind, HashAlgo, NixHash
 from cafs.store.signatures import Signature
 from cafs.store.storepath import DIGEST_SIZE, StorePath
@@ -205,6 +205,20 @@ class PathInfo:
     def fingerprint(self) -> str:
         """The string narinfo signatures are made over."""
         return narinfo.fingerprint(self.store_path, self.nar_sha256, self.nar_size, self.references)
+
+    def to_narinfo(self, url: str | None = None) -> narinfo.NarInfo:
+        """The narinfo of an uncompressed binary cache serving this path's NAR at ``url``."""
+        return narinfo.NarInfo(
+            store_path=self.store_path,
+            url=url if url is not None else f"nar/{nixbase32.encode(self.nar_sha256)}.nar",
+            compression=None,
+            nar_hash=NixHash("sha256", self.nar_sha256),
+            nar_size=self.nar_size,
+            references=list(self.references),
+            deriver=self.deriver,
+            signatures=list(self.signatures),
+            ca=self.ca,
+        )
 
     def with_signature(self, signature: Signature) -> PathInfo:
         """A copy with ``signature`` appended (existing ones are kept, as tvix does)."""
