@@ -21,6 +21,7 @@ from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryService
 from cafs.castore.directory import Directory
 from cafs.castore.nodes import (
+    MAX_NAME_LENGTH,
     FileNode,
     Node,
     SymlinkNode,
@@ -280,7 +281,7 @@ async def _parse(source: _Input, blobs: _Blobs) -> tuple[Node, list[Directory]]:
             continue
         await source.keyword("(")
         await source.keyword("name")
-        name = await source.string(255 + 1, f"an entry name in {top.path or 'the root'}")
+        name = await source.string(MAX_NAME_LENGTH, f"an entry name in {top.path or 'the root'}")
         problem = name_problem(name)
         if problem is not None:
             raise NarError(f"NAR is malformed: in {top.path or 'the root'}: {problem}")
