@@ -367,7 +367,7 @@ class IngestBench:
             return
         for tool in ("nix-store", "nix-hash"):
             if shutil.which(tool) is None:
-                self.nix_skip_reason = f"{tool} not found on PATH (see bench/setup-nix.sh)"
+                self.nix_skip_reason = f"{tool} not found on PATH (see scripts/setup-nix.sh)"
                 return
         probe = self.workdir / "nix-probe"
         remove(probe)
