@@ -9,23 +9,17 @@ are new to the store and never shared with anything else.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import secrets
-import signal
 import subprocess
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.mount.conftest import MOUNT_TIMEOUT, force_unmount, is_mounted, require_fuse
-from tests.process import CAFS, store_env
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_NIX = REPO / "scripts" / "setup-nix.sh"
@@ -302,40 +296,3 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
 
 
 # The store-mode mount.
-
-
-@contextlib.contextmanager
-def mounted_store(mountpoint: Path, home: Path, *flags: str) -> Iterator[Path]:
-    """``cafs mount MOUNTPOINT`` in the background until live; always unmounted after."""
-    require_fuse()
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    log = mountpoint.parent / f"{mountpoint.name}.log"
-    with open(log, "wb") as err:
-        process = subprocess.Popen(
-            [*CAFS, "--log-level", "INFO", "mount", str(mountpoint), *flags],
-            env=store_env(home),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_mounted(mountpoint):
-            if process.poll() is not None:
-                stderr = log.read_text(errors="replace")
-                raise AssertionError(f"cafs mount exited with {process.returncode}: {stderr}")
-            if time.monotonic() > deadline:
-                stderr = log.read_text(errors="replace")
-                raise AssertionError(f"not mounted after {MOUNT_TIMEOUT}s: {stderr}")
-            time.sleep(0.05)
-        os.stat(mountpoint)  # the first request is answered: the mount is live
-        yield mountpoint
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        force_unmount(mountpoint)

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.compat.conftest import Nix, NixStore, Sources, mounted_store, write
+from tests.compat.conftest import Nix, NixStore, Sources, write
+from tests.mount.conftest import mounted_store
 from tests.process import cafs, cafs_bytes
 
 NIXBASE32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -166,7 +167,8 @@ def test_mount_serves_what_nix_reads(
     assert nix_store.add(*sources.roots) == paths
     recorded = nix.query_hashes(*paths)
     names = [basename(p) for p in paths]
-    with mounted_store(tmp_path / "mnt", home) as mnt:
+    with mounted_store(tmp_path / "mnt", home) as mount:
+        mnt = mount.path
         for name, want in zip(names, recorded, strict=True):
             assert nar_hash(nix.dump(mnt / name)) == want, name
         assert nix.hash_paths(*(mnt / n for n in names)) == nix.hash_paths(*sources.roots)
@@ -177,7 +179,8 @@ def test_mount_serves_what_nix_reads(
                 os.lstat(mnt / missing)
             assert excinfo.value.errno == errno.ENOENT
 
-    with mounted_store(tmp_path / "mnt-listed", home, "--list-root") as mnt:
+    with mounted_store(tmp_path / "mnt-listed", home, "--list-root") as mount:
+        mnt = mount.path
         assert sorted(os.listdir(mnt)) == sorted(names)
 
 

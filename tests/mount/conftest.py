@@ -61,17 +61,32 @@ class Mount:
         return self.process.wait(timeout=timeout)
 
 
-@contextlib.contextmanager
 def mounted(
     digest: str, mountpoint: Path, home: Path, *flags: str, log_level: str = "INFO"
+) -> contextlib.AbstractContextManager[Mount]:
+    """``cafs castore mount DIGEST`` at ``mountpoint``, live until the block ends."""
+    command = ["castore", "mount", digest]
+    return mounted_command(command, mountpoint, home, *flags, log_level=log_level)
+
+
+def mounted_store(
+    mountpoint: Path, home: Path, *flags: str, log_level: str = "INFO"
+) -> contextlib.AbstractContextManager[Mount]:
+    """``cafs mount`` (the store mode) at ``mountpoint``, live until the block ends."""
+    return mounted_command(["mount"], mountpoint, home, *flags, log_level=log_level)
+
+
+@contextlib.contextmanager
+def mounted_command(
+    command: list[str], mountpoint: Path, home: Path, *flags: str, log_level: str = "INFO"
 ) -> Iterator[Mount]:
-    """Mount ``digest`` at ``mountpoint``, wait until it is live, always unmount."""
+    """Run a mount command, wait until the mount is live, always unmount."""
     require_fuse()
     mountpoint.mkdir(parents=True, exist_ok=True)
     log = mountpoint.parent / f"{mountpoint.name}.log"
     with open(log, "wb") as err:
         process = subprocess.Popen(
-            [*CAFS, "--log-level", log_level, "castore", "mount", digest, str(mountpoint), *flags],
+            [*CAFS, "--log-level", log_level, *command, str(mountpoint), *flags],
             env=store_env(home),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
