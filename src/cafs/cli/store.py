@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,6 +70,30 @@ async def required_path_info(services: StoreServices, path: StorePath) -> PathIn
     if info is None or info.store_path != path:
         raise CommandError(f"{path.absolute} is not in the store")
     return info
+
+
+# Bytes handed to the writing thread at once: one thread hop per few MiB, not per chunk.
+WRITE_BATCH = 4 * 1024 * 1024
+
+
+async def write_stream(pieces: AsyncIterator[bytes]) -> None:
+    """Copy ``pieces`` to stdout on a worker thread, producing the next batch meanwhile."""
+    out = sys.stdout.buffer
+    writing: asyncio.Future[None] | None = None
+    batch: list[bytes] = []
+    size = 0
+    async for piece in pieces:
+        batch.append(piece)
+        size += len(piece)
+        if size >= WRITE_BATCH:
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(out.writelines, batch))
+            batch, size = [], 0
+    if writing is not None:
+        await writing
+    await asyncio.to_thread(out.writelines, batch)
+    await asyncio.to_thread(out.flush)
 
 
 @click.command("import")
@@ -148,10 +172,7 @@ async def nar_dump(
 
     async def body(services: StoreServices) -> None:
         info = await required_path_info(services, wanted)
-        out = sys.stdout.buffer
-        async for piece in render_nar(info.node, services.blobs, services.directories):
-            await asyncio.to_thread(out.write, piece)
-        await asyncio.to_thread(out.flush)
+        await write_stream(render_nar(info.node, services.blobs, services.directories))
 
     await with_store_services(
         blob_service_addr, directory_service_addr, path_info_service_addr, body
