@@ -13,15 +13,14 @@ from cafs.castore.ingest import ingest_path
 from cafs.castore.nodes import DirectoryNode, FileNode, Node
 from cafs.cli.common import (
     CommandError,
+    MountFlags,
     castore_service_options,
     fuse_mount_options,
-    log,
     run_async,
+    serve_mount,
     with_services,
 )
 from cafs.config import CastoreServices
-from cafs.fs.daemon import MountOptions, serve
-from cafs.fs.filesystem import Filesystem
 from cafs.fs.root_nodes import DirectoryRootNodes
 from cafs.progress import ingest_progress
 
@@ -150,19 +149,9 @@ async def castore_mount(
 
     async def body(services: CastoreServices) -> None:
         root = await required_directory(services, wanted)
-        fs = Filesystem(
-            services.blobs,
-            services.directories,
-            DirectoryRootNodes(root),
-            list_root=list_root,
-            show_xattr=show_xattr,
-        )
-        options = MountOptions(allow_other=allow_other, threads=threads)
-        await serve(
-            fs,
-            mountpoint,
-            options,
-            on_ready=lambda: log.info("serving directory %s at %s", wanted, mountpoint),
+        flags = MountFlags(list_root, show_xattr, allow_other, threads)
+        await serve_mount(
+            services, DirectoryRootNodes(root), mountpoint, flags, f"directory {wanted}"
         )
 
     await with_services(blob_service_addr, directory_service_addr, body)

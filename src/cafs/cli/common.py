@@ -7,13 +7,16 @@ import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import click
 
 from cafs.config import CastoreServices
 from cafs.errors import CafsError
-from cafs.fs.daemon import MountOptions
+from cafs.fs.daemon import MountOptions, serve
+from cafs.fs.filesystem import Filesystem
+from cafs.fs.root_nodes import RootNodes
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -106,3 +109,30 @@ def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Ca
         return func
 
     return decorate
+
+
+@dataclass(frozen=True)
+class MountFlags:
+    """What the mount flags of ``fuse_mount_options`` ask for."""
+
+    list_root: bool
+    show_xattr: bool
+    allow_other: bool
+    threads: int
+
+
+async def serve_mount(
+    services: CastoreServices, roots: RootNodes, mountpoint: str, flags: MountFlags, what: str
+) -> None:
+    """Serve ``roots`` over ``services`` at ``mountpoint`` until stopped or unmounted."""
+    fs = Filesystem(
+        services.blobs,
+        services.directories,
+        roots,
+        list_root=flags.list_root,
+        show_xattr=flags.show_xattr,
+    )
+    options = MountOptions(allow_other=flags.allow_other, threads=flags.threads)
+    await serve(
+        fs, mountpoint, options, on_ready=lambda: log.info("serving %s at %s", what, mountpoint)
+    )

@@ -12,17 +12,17 @@ import click
 
 from cafs.cli.common import (
     CommandError,
+    MountFlags,
     P,
     T,
     castore_service_options,
     fuse_mount_options,
     log,
     run_async,
+    serve_mount,
 )
 from cafs.config import StoreServices
 from cafs.errors import StorePathError
-from cafs.fs.daemon import MountOptions, serve
-from cafs.fs.filesystem import Filesystem
 from cafs.progress import count_progress, ingest_progress
 from cafs.store.copy import copy_closure, read_closure
 from cafs.store.importer import import_nar, import_path
@@ -257,19 +257,9 @@ async def mount_command(
     """Mount the store read-only at MOUNTPOINT: one entry per store path basename."""
 
     async def body(services: StoreServices) -> None:
-        fs = Filesystem(
-            services.blobs,
-            services.directories,
-            PathInfoRootNodes(services.path_infos),
-            list_root=list_root,
-            show_xattr=show_xattr,
-        )
-        options = MountOptions(allow_other=allow_other, threads=threads)
-        await serve(
-            fs,
-            mountpoint,
-            options,
-            on_ready=lambda: log.info("serving the store at %s", mountpoint),
+        flags = MountFlags(list_root, show_xattr, allow_other, threads)
+        await serve_mount(
+            services, PathInfoRootNodes(services.path_infos), mountpoint, flags, "the store"
         )
 
     await with_store_services(
