@@ -157,8 +157,9 @@ def stream_sha256(
                 size += len(block)
         if proc.wait() != 0:
             errors.seek(0)
+            tail = "\n".join(errors.read().decode(errors="replace").strip().splitlines()[-15:])
             shown = shlex.join(os.fspath(c) for c in cmd)
-            raise BenchError(f"{shown} exited with {proc.returncode}:\n{errors.read()!r}")
+            raise BenchError(f"{shown} exited with {proc.returncode}:\n{tail}")
     return size, hasher.hexdigest()
 
 
