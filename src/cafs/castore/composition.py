@@ -31,19 +31,19 @@ def parse_url(url: str) -> SplitResult:
     return parts
 
 
-def _no_query(url: str, parts: SplitResult) -> None:
+def check_no_query(url: str, parts: SplitResult) -> None:
     if parts.query:
         names = ", ".join(sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}))
         raise InvalidAddressError(url, f"unsupported option(s): {names or parts.query}")
 
 
-def _memory(url: str, parts: SplitResult) -> None:
+def check_memory_url(url: str, parts: SplitResult) -> None:
     if parts.netloc or parts.path:
         raise InvalidAddressError(url, "memory:// takes no host and no path")
-    _no_query(url, parts)
+    check_no_query(url, parts)
 
 
-def _local_path(url: str, parts: SplitResult, what: str) -> Path:
+def local_path(url: str, parts: SplitResult, what: str) -> Path:
     if parts.netloc not in ("", "localhost"):
         raise InvalidAddressError(url, f"{what} URLs take no host (use three slashes)")
     path = unquote(parts.path)
@@ -54,8 +54,16 @@ def _local_path(url: str, parts: SplitResult, what: str) -> Path:
     return Path(path)
 
 
-def _unsupported_remote(url: str, parts: SplitResult) -> InvalidAddressError:
+def unsupported_remote(url: str, parts: SplitResult) -> InvalidAddressError:
     return InvalidAddressError(url, f"scheme {parts.scheme!r} is not supported by this cafs build")
+
+
+def sqlite_database_path(url: str, parts: SplitResult) -> Path | None:
+    """The file of a ``sqlite:///path`` URL; None for ``sqlite://``, a throwaway in-memory store."""
+    check_no_query(url, parts)
+    if not parts.netloc and not parts.path:
+        return None
+    return local_path(url, parts, "sqlite")
 
 
 def blob_service_from_addr(url: str) -> BlobService:
@@ -64,7 +72,7 @@ def blob_service_from_addr(url: str) -> BlobService:
     if scheme == "memory":
         from cafs.castore.blobs.memory import MemoryBlobService
 
-        _memory(url, parts)
+        check_memory_url(url, parts)
         return MemoryBlobService()
     if scheme.startswith("objectstore+"):
         from cafs.castore.blobs.objectstore import ObjectStoreBlobService
@@ -72,18 +80,18 @@ def blob_service_from_addr(url: str) -> BlobService:
 
         inner = scheme.removeprefix("objectstore+")
         if inner == "file":
-            _no_query(url, parts)
-            return ObjectStoreBlobService(FileObjectStorage(_local_path(url, parts, "file")))
+            check_no_query(url, parts)
+            return ObjectStoreBlobService(FileObjectStorage(local_path(url, parts, "file")))
         if inner == "memory":
             if parts.netloc or parts.path not in ("", "/"):
                 raise InvalidAddressError(url, "objectstore+memory:/// takes no host and no path")
-            _no_query(url, parts)
+            check_no_query(url, parts)
             return ObjectStoreBlobService(MemoryObjectStorage())
         if inner in OBJECT_STORE_CLOUD:
-            raise _unsupported_remote(url, parts)
+            raise unsupported_remote(url, parts)
         raise InvalidAddressError(url, f"unknown object store scheme {inner!r}")
     if scheme in REMOTE_SCHEMES:
-        raise _unsupported_remote(url, parts)
+        raise unsupported_remote(url, parts)
     raise InvalidAddressError(url, f"unknown blob service scheme {scheme!r}")
 
 
@@ -93,22 +101,12 @@ def directory_service_from_addr(url: str) -> DirectoryService:
     if scheme == "memory":
         from cafs.castore.directories.memory import MemoryDirectoryService
 
-        _memory(url, parts)
+        check_memory_url(url, parts)
         return MemoryDirectoryService()
     if scheme == "sqlite":
         from cafs.castore.directories.sqlite import SqliteDirectoryService
 
-        _no_query(url, parts)
-        if not parts.netloc and not parts.path:
-            return SqliteDirectoryService(None)  # sqlite:// is a throwaway in-memory store
-        return SqliteDirectoryService(_local_path(url, parts, "sqlite"))
+        return SqliteDirectoryService(sqlite_database_path(url, parts))
     if scheme in REMOTE_SCHEMES or scheme.startswith("objectstore+"):
-        raise _unsupported_remote(url, parts)
+        raise unsupported_remote(url, parts)
     raise InvalidAddressError(url, f"unknown directory service scheme {scheme!r}")
-
-
-# The URL rules the store layer's composition (cafs.store.composition) shares.
-check_no_query = _no_query
-check_memory_url = _memory
-local_path = _local_path
-unsupported_remote = _unsupported_remote

@@ -10,9 +10,8 @@ from __future__ import annotations
 from cafs.castore.composition import (
     REMOTE_SCHEMES,
     check_memory_url,
-    check_no_query,
-    local_path,
     parse_url,
+    sqlite_database_path,
     unsupported_remote,
 )
 from cafs.errors import InvalidAddressError
@@ -33,10 +32,7 @@ def path_info_service_from_addr(url: str) -> PathInfoService:
     if scheme == "sqlite":
         from cafs.store.pathinfos.sqlite import SqlitePathInfoService
 
-        check_no_query(url, parts)
-        if not parts.netloc and not parts.path:
-            return SqlitePathInfoService(None)  # sqlite:// is a throwaway in-memory store
-        return SqlitePathInfoService(local_path(url, parts, "sqlite"))
+        return SqlitePathInfoService(sqlite_database_path(url, parts))
     if scheme in REMOTE_SCHEMES or scheme in TVIX_ONLY_SCHEMES:
         raise unsupported_remote(url, parts)
     raise InvalidAddressError(
