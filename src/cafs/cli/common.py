@@ -63,16 +63,23 @@ def castore_service_options(func: Callable[P, T]) -> Callable[P, T]:
     return func
 
 
+S = TypeVar("S", bound=CastoreServices)
+
+
+async def using(services: S, body: Callable[[S], Awaitable[T]]) -> T:
+    """Run ``body`` on ``services``, closing them however it ends."""
+    try:
+        return await body(services)
+    finally:
+        await services.close()
+
+
 async def with_services(
     blob_addr: str | None,
     directory_addr: str | None,
     body: Callable[[CastoreServices], Awaitable[T]],
 ) -> T:
-    services = CastoreServices.from_addrs(blob_addr, directory_addr)
-    try:
-        return await body(services)
-    finally:
-        await services.close()
+    return await using(CastoreServices.from_addrs(blob_addr, directory_addr), body)
 
 
 def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Callable[P, T]]:

@@ -20,6 +20,7 @@ from cafs.cli.common import (
     log,
     run_async,
     serve_mount,
+    using,
 )
 from cafs.config import StoreServices
 from cafs.errors import StorePathError
@@ -50,11 +51,7 @@ async def with_store_services(
     path_info_addr: str | None,
     body: Callable[[StoreServices], Awaitable[T]],
 ) -> T:
-    services = StoreServices.from_addrs(blob_addr, directory_addr, path_info_addr)
-    try:
-        return await body(services)
-    finally:
-        await services.close()
+    return await using(StoreServices.from_addrs(blob_addr, directory_addr, path_info_addr), body)
 
 
 def parse_store_path(text: str) -> StorePath:
@@ -66,8 +63,8 @@ def parse_store_path(text: str) -> StorePath:
 
 async def required_path_info(services: StoreServices, path: StorePath) -> PathInfo:
     """The PathInfo of exactly ``path``, digest and name, or a one-line error."""
-    info = await services.path_infos.get(path.digest)
-    if info is None or info.store_path != path:
+    info = await services.path_infos.get_path(path)
+    if info is None:
         raise CommandError(f"{path.absolute} is not in the store")
     return info
 

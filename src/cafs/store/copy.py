@@ -124,11 +124,11 @@ async def copy_closure(
 ) -> CopyResult:
     """Copy every entry the store lacks; ``started`` hears how many, ``done`` each one."""
     unique = list({e.path: e for e in entries}.values())
-    stored = await asyncio.gather(*(services.path_infos.get(e.path.digest) for e in unique))
+    stored = await asyncio.gather(*(services.path_infos.get_path(e.path) for e in unique))
     missing: list[ClosureEntry] = []
     present: list[StorePath] = []
     for entry, info in zip(unique, stored, strict=True):
-        if info is None or info.store_path != entry.path:
+        if info is None:
             missing.append(entry)
         else:
             present.append(entry.path)

@@ -25,10 +25,8 @@ class PathInfoRootNodes:
             wanted = StorePath.from_basename(name)
         except StorePathError:
             return None
-        info = await self._path_infos.get(wanted.digest)
-        if info is None or info.store_path != wanted:
-            return None
-        return info.node
+        info = await self._path_infos.get_path(wanted)
+        return None if info is None else info.node
 
     async def list(self) -> AsyncIterator[tuple[bytes, Node]]:
         seen: set[bytes] = set()

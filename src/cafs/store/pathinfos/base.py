@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from cafs.errors import IntegrityError, InvalidDigestError
 from cafs.store import nixbase32
 from cafs.store.pathinfo import PathInfo
-from cafs.store.storepath import DIGEST_SIZE
+from cafs.store.storepath import DIGEST_SIZE, StorePath
 
 
 class PathInfoService(ABC):
@@ -20,6 +20,11 @@ class PathInfoService(ABC):
 
     @abstractmethod
     async def get(self, digest: bytes) -> PathInfo | None: ...
+
+    async def get_path(self, path: StorePath) -> PathInfo | None:
+        """The PathInfo of exactly ``path``: same digest *and* same name, else None."""
+        info = await self.get(path.digest)
+        return info if info is not None and info.store_path == path else None
 
     @abstractmethod
     async def put(self, info: PathInfo) -> PathInfo:
