@@ -233,8 +233,7 @@ async def _leaf_or_directory(
         return SymlinkNode(target), None
     executable = await source.keyword("executable", "contents") == "executable"
     if executable:
-        if await source.string(0, "the executable marker") != b"":
-            raise NarError(f"NAR is malformed: {where}: executable marker is not empty")
+        await source.string(0, "the executable marker")  # a limit of 0: it must be empty
         await source.keyword("contents")
     size = await source.length(f"the contents of {where}")
     what = f"the contents of {where}"
