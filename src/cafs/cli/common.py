@@ -14,15 +14,12 @@ import click
 
 from cafs.config import CastoreServices
 from cafs.errors import CafsError
-from cafs.fs.daemon import MountOptions, serve
-from cafs.fs.filesystem import Filesystem
+from cafs.fs import DEFAULT_THREADS
 from cafs.fs.root_nodes import RootNodes
 
 P = ParamSpec("P")
 T = TypeVar("T")
 log = logging.getLogger("cafs")
-
-DEFAULT_THREADS = MountOptions().threads
 
 
 class CommandError(CafsError):
@@ -132,6 +129,10 @@ async def serve_mount(
     services: CastoreServices, roots: RootNodes, mountpoint: str, flags: MountFlags, what: str
 ) -> None:
     """Serve ``roots`` over ``services`` at ``mountpoint`` until stopped or unmounted."""
+    # Imported here: pyfuse3 and trio cost a tenth of a second that only mounts need.
+    from cafs.fs.daemon import MountOptions, serve
+    from cafs.fs.filesystem import Filesystem
+
     fs = Filesystem(
         services.blobs,
         services.directories,

@@ -19,6 +19,7 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from cafs.errors import CafsError
+from cafs.fs import DEFAULT_THREADS
 from cafs.fs.filesystem import Filesystem
 from cafs.fs.fuse import FuseOperations
 
@@ -35,7 +36,7 @@ class MountError(CafsError):
 @dataclass(frozen=True)
 class MountOptions:
     allow_other: bool = False
-    threads: int = 16
+    threads: int = DEFAULT_THREADS
     fsname: str = "cafs"
 
 
