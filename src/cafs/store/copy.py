@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cafs.castore.ingest import ingest_path
 from cafs.config import StoreServices
 from cafs.errors import CafsError, IntegrityError, ValidationError
 from cafs.store.hashes import CAHash, NixHash
-from cafs.store.nar.render import calculate_nar
+from cafs.store.importer import ingest_with_nar
 from cafs.store.pathinfo import PathInfo
 from cafs.store.signatures import Signature
 from cafs.store.storepath import StorePath
@@ -88,21 +87,21 @@ def read_closure(file: str | Path) -> list[ClosureEntry]:
 
 async def copy_entry(entry: ClosureEntry, services: StoreServices) -> PathInfo:
     """Ingest one path from the local Nix store and record it, after checking its NAR hash."""
-    node = await ingest_path(entry.path.absolute, services.blobs, services.directories)
-    nar_size, nar_sha256 = await calculate_nar(node, services.blobs, services.directories)
-    if (nar_size, nar_sha256) != (entry.nar_size, entry.nar_hash.digest):
-        found = NixHash("sha256", nar_sha256)
+    stored = await ingest_with_nar(entry.path.absolute, services)
+    if (stored.nar_size, stored.nar_sha256) != (entry.nar_size, entry.nar_hash.digest):
+        found = NixHash("sha256", stored.nar_sha256)
         raise IntegrityError(
             f"{entry.path.absolute} on disk does not match the closure file: NAR "
-            f"{found} ({nar_size} bytes), expected {entry.nar_hash} ({entry.nar_size} bytes)"
+            f"{found} ({stored.nar_size} bytes), expected {entry.nar_hash} "
+            f"({entry.nar_size} bytes)"
         )
     return await services.path_infos.put(
         PathInfo(
             store_path=entry.path,
-            node=node,
+            node=stored.node,
             references=entry.references,
-            nar_size=nar_size,
-            nar_sha256=nar_sha256,
+            nar_size=stored.nar_size,
+            nar_sha256=stored.nar_sha256,
             signatures=entry.signatures,
             deriver=entry.deriver,
             ca=entry.ca,

@@ -16,7 +16,7 @@ from cafs.castore.nodes import Node
 from cafs.config import StoreServices
 from cafs.errors import StorePathError
 from cafs.store.hashes import CAHash, NixHash
-from cafs.store.nar.ingest import ByteSource, ingest_nar
+from cafs.store.nar.ingest import ByteSource, IngestedNar, ingest_nar
 from cafs.store.nar.render import calculate_nar
 from cafs.store.pathinfo import PathInfo
 from cafs.store.storepath import ca_store_path, name_problem
@@ -43,6 +43,21 @@ def content_addressed_info(name: str, node: Node, nar_size: int, nar_sha256: byt
     )
 
 
+async def ingest_with_nar(
+    path: str | os.PathLike[str],
+    services: StoreServices,
+    progress: IngestProgress | None = None,
+) -> IngestedNar:
+    """Ingest ``path`` and compute its NAR's size and SHA-256 from what was stored.
+
+    The NAR is rendered from the store, not the disk, so the hash vouches for
+    the stored tree.
+    """
+    node = await ingest_path(path, services.blobs, services.directories, progress)
+    nar_size, nar_sha256 = await calculate_nar(node, services.blobs, services.directories)
+    return IngestedNar(node, nar_size, nar_sha256)
+
+
 async def import_path(
     path: str | os.PathLike[str],
     services: StoreServices,
@@ -50,9 +65,10 @@ async def import_path(
 ) -> PathInfo:
     """Ingest ``path`` (a tree, file or symlink) and store it as a store path named after it."""
     name = checked_name(Path(path).name, os.fspath(path))
-    node = await ingest_path(path, services.blobs, services.directories, progress)
-    nar_size, nar_sha256 = await calculate_nar(node, services.blobs, services.directories)
-    return await services.path_infos.put(content_addressed_info(name, node, nar_size, nar_sha256))
+    result = await ingest_with_nar(path, services, progress)
+    return await services.path_infos.put(
+        content_addressed_info(name, result.node, result.nar_size, result.nar_sha256)
+    )
 
 
 async def import_nar(name: str, source: ByteSource, services: StoreServices) -> PathInfo:
