@@ -31,8 +31,11 @@ def generate(out: Path) -> None:
         "protoc",
         f"-I{PROTOS}",
         f"--plugin=protoc-gen-mypy={plugin}",
+        f"--plugin=protoc-gen-mypy_grpc={plugin}_grpc",
         f"--python_out={out}",
+        f"--grpc_python_out={out}",
         f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         *sources,
     ]
     if protoc.main(args) != 0:

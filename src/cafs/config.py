@@ -54,6 +54,11 @@ class CastoreServices:
         )
         return cls(blobs, directories)
 
+    async def connect(self) -> None:
+        """Reach remote backends now, so an unreachable one fails before any work."""
+        await self.blobs.connect()
+        await self.directories.connect()
+
     async def close(self) -> None:
         await self.blobs.close()
         await self.directories.close()
@@ -78,6 +83,10 @@ class StoreServices(CastoreServices):
         path_infos = path_info_service_from_addr(path_info_addr or default_path_info_service_addr())
         castore = CastoreServices.from_addrs(blob_addr, directory_addr)
         return cls(castore.blobs, castore.directories, path_infos)
+
+    async def connect(self) -> None:
+        await super().connect()
+        await self.path_infos.connect()
 
     async def close(self) -> None:
         try:

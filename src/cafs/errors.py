@@ -74,3 +74,15 @@ class PathInfoValidationError(ValidationError):
 
 class NarError(ValidationError):
     """A NAR archive that is malformed or truncated, or that cannot be rendered."""
+
+
+class RemoteError(StorageError):
+    """A remote service failed, refused a request, or could not be reached.
+
+    ``code`` is the gRPC status code's name (``"UNAVAILABLE"``, ...), so
+    callers can tell a daemon that is down from one that said no.
+    """
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

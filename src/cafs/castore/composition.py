@@ -54,6 +54,32 @@ def local_path(url: str, parts: SplitResult, what: str) -> Path:
     return Path(path)
 
 
+def cache_urls(url: str, parts: SplitResult) -> tuple[str, str]:
+    """The near and far URLs of ``cache://?near=URL&far=URL``.
+
+    The values are URLs themselves, so they are split at the first ``=``
+    only and %-decoded without turning ``+`` into a space
+    (``far=grpc+unix:///run/cafs.sock`` works as written); a value holding
+    ``&`` must write it as ``%26``.
+    """
+    if parts.netloc or parts.path:
+        raise InvalidAddressError(url, "cache:// takes no host and no path, only ?near=…&far=…")
+    found: dict[str, str] = {}
+    for pair in parts.query.split("&") if parts.query else []:
+        key, sep, value = pair.partition("=")
+        if key not in ("near", "far"):
+            raise InvalidAddressError(url, f"unsupported option {key!r} (cache takes near and far)")
+        if not sep or not value:
+            raise InvalidAddressError(url, f"{key} needs a URL")
+        if key in found:
+            raise InvalidAddressError(url, f"{key} is given twice")
+        found[key] = unquote(value)
+    for key in ("near", "far"):
+        if key not in found:
+            raise InvalidAddressError(url, f"cache needs {key}=URL")
+    return found["near"], found["far"]
+
+
 def unsupported_remote(url: str, parts: SplitResult) -> InvalidAddressError:
     return InvalidAddressError(url, f"scheme {parts.scheme!r} is not supported by this cafs build")
 
@@ -91,7 +117,15 @@ def blob_service_from_addr(url: str) -> BlobService:
             raise unsupported_remote(url, parts)
         raise InvalidAddressError(url, f"unknown object store scheme {inner!r}")
     if scheme in REMOTE_SCHEMES:
-        raise unsupported_remote(url, parts)
+        from cafs.castore.blobs.grpc import GrpcBlobService
+        from cafs.grpc.channel import parse_channel_url
+
+        return GrpcBlobService(parse_channel_url(url))
+    if scheme == "cache":
+        from cafs.castore.blobs.cache import CachedBlobService
+
+        near, far = cache_urls(url, parts)
+        return CachedBlobService(blob_service_from_addr(near), blob_service_from_addr(far))
     raise InvalidAddressError(url, f"unknown blob service scheme {scheme!r}")
 
 
@@ -107,6 +141,18 @@ def directory_service_from_addr(url: str) -> DirectoryService:
         from cafs.castore.directories.sqlite import SqliteDirectoryService
 
         return SqliteDirectoryService(sqlite_database_path(url, parts))
-    if scheme in REMOTE_SCHEMES or scheme.startswith("objectstore+"):
+    if scheme in REMOTE_SCHEMES:
+        from cafs.castore.directories.grpc import GrpcDirectoryService
+        from cafs.grpc.channel import parse_channel_url
+
+        return GrpcDirectoryService(parse_channel_url(url))
+    if scheme == "cache":
+        from cafs.castore.directories.cache import CachedDirectoryService
+
+        near, far = cache_urls(url, parts)
+        return CachedDirectoryService(
+            directory_service_from_addr(near), directory_service_from_addr(far)
+        )
+    if scheme.startswith("objectstore+"):
         raise unsupported_remote(url, parts)
     raise InvalidAddressError(url, f"unknown directory service scheme {scheme!r}")

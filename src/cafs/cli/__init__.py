@@ -9,6 +9,7 @@ import click
 
 from cafs import __version__
 from cafs.cli.castore import castore
+from cafs.cli.daemon import daemon
 from cafs.cli.store import STORE_COMMANDS
 from cafs.tuning import tune_malloc
 
@@ -35,9 +36,13 @@ def main(log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # grpc and asyncio say nothing at debug level that helps a cafs user.
+    for noisy in ("grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 main.add_command(castore)
+main.add_command(daemon)
 for command in STORE_COMMANDS:
     main.add_command(command)
 

@@ -64,8 +64,9 @@ S = TypeVar("S", bound=CastoreServices)
 
 
 async def using(services: S, body: Callable[[S], Awaitable[T]]) -> T:
-    """Run ``body`` on ``services``, closing them however it ends."""
+    """Connect ``services``, run ``body`` on them, and close them however it ends."""
     try:
+        await services.connect()
         return await body(services)
     finally:
         await services.close()

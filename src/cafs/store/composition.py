@@ -1,14 +1,17 @@
 """Turning PathInfo service URLs into services, with the castore URL rules.
 
-Only the embedded backends have a URL form here. tvix's remote and cloud
-backends (gRPC, redb, nix+http, bigtable) are refused with a reason rather
-than treated as unknown, so a URL copied from a tvix setup gets a clear answer.
+tvix backends this build does not have (redb, nix+http, bigtable) are
+refused with a reason rather than treated as unknown, so a URL copied from a
+tvix setup gets a clear answer.
 """
 
 from __future__ import annotations
 
+from urllib.parse import SplitResult, parse_qsl
+
 from cafs.castore.composition import (
     REMOTE_SCHEMES,
+    cache_urls,
     check_memory_url,
     parse_url,
     sqlite_database_path,
@@ -33,8 +36,37 @@ def path_info_service_from_addr(url: str) -> PathInfoService:
         from cafs.store.pathinfos.sqlite import SqlitePathInfoService
 
         return SqlitePathInfoService(sqlite_database_path(url, parts))
-    if scheme in REMOTE_SCHEMES or scheme in TVIX_ONLY_SCHEMES:
+    if scheme in REMOTE_SCHEMES:
+        from cafs.grpc.channel import parse_channel_url
+        from cafs.store.pathinfos.grpc import GrpcPathInfoService
+
+        return GrpcPathInfoService(parse_channel_url(url))
+    if scheme == "cache":
+        from cafs.store.pathinfos.cache import CachePathInfoService
+
+        near, far = cache_urls(url, parts)
+        return CachePathInfoService(
+            path_info_service_from_addr(near), path_info_service_from_addr(far)
+        )
+    if scheme == "lru":
+        from cafs.store.pathinfos.lru import LruPathInfoService
+
+        return LruPathInfoService(lru_capacity(url, parts))
+    if scheme in TVIX_ONLY_SCHEMES:
         raise unsupported_remote(url, parts)
     raise InvalidAddressError(
         url, f"unknown path info service scheme {scheme!r} (use memory:// or sqlite:///path)"
     )
+
+
+def lru_capacity(url: str, parts: SplitResult) -> int:
+    if parts.netloc or parts.path:
+        raise InvalidAddressError(url, "lru:// takes no host and no path, only ?capacity=N")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"capacity"})
+    if unknown:
+        raise InvalidAddressError(url, f"unsupported option(s): {', '.join(unknown)}")
+    text = options.get("capacity", "")
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidAddressError(url, "lru needs ?capacity=N with N at least 1")
+    return int(text)

@@ -43,6 +43,15 @@ def content_addressed_info(name: str, node: Node, nar_size: int, nar_sha256: byt
     )
 
 
+async def nar_of(node: Node, services: StoreServices) -> tuple[int, bytes]:
+    """The NAR size and SHA-256 of ``node``: computed by the PathInfoService if it
+    can (a daemon renders where the blobs are), else rendered here."""
+    remote = await services.path_infos.calculate_nar(node)
+    if remote is not None:
+        return remote
+    return await calculate_nar(node, services.blobs, services.directories)
+
+
 async def ingest_with_nar(
     path: str | os.PathLike[str],
     services: StoreServices,
@@ -54,7 +63,7 @@ async def ingest_with_nar(
     the stored tree.
     """
     node = await ingest_path(path, services.blobs, services.directories, progress)
-    nar_size, nar_sha256 = await calculate_nar(node, services.blobs, services.directories)
+    nar_size, nar_sha256 = await nar_of(node, services)
     return IngestedNar(node, nar_size, nar_sha256)
 
 

@@ -17,6 +17,7 @@ from cafs.store.composition import path_info_service_from_addr
 from cafs.store.hashes import CAHash, NixHash
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService
+from cafs.store.pathinfos.cache import CachePathInfoService
 from cafs.store.pathinfos.lru import LruPathInfoService
 from cafs.store.pathinfos.memory import MemoryPathInfoService
 from cafs.store.pathinfos.signing import SigningPathInfoService
@@ -71,13 +72,17 @@ class CountingMemoryService(MemoryPathInfoService):
 BACKENDS = ["memory", "sqlite", "lru", "signing"]
 
 
+def cached(far: PathInfoService, capacity: int) -> CachePathInfoService:
+    return CachePathInfoService(LruPathInfoService(capacity), far)
+
+
 def make_service(kind: str, tmp_path: Path) -> PathInfoService:
     if kind == "memory":
         return path_info_service_from_addr("memory://")
     if kind == "sqlite":
         return path_info_service_from_addr(f"sqlite://{tmp_path / 'pathinfo.sqlite'}")
     if kind == "lru":
-        return LruPathInfoService(MemoryPathInfoService(), capacity=2)
+        return cached(MemoryPathInfoService(), capacity=2)
     return SigningPathInfoService(MemoryPathInfoService(), SIGNING_KEY)
 
 
@@ -217,7 +222,7 @@ async def test_sqlite_two_databases_on_one_file(tmp_path: Path) -> None:
 
 async def test_lru_hit_does_not_reach_inner() -> None:
     inner = CountingMemoryService()
-    service = LruPathInfoService(inner, capacity=4)
+    service = cached(inner, capacity=4)
     await service.put(PATH_INFO)
     assert await service.get(DUMMY_PATH.digest) == PATH_INFO
     assert await service.get(DUMMY_PATH.digest) == PATH_INFO
@@ -235,7 +240,7 @@ async def test_lru_hit_does_not_reach_inner() -> None:
 
 async def test_lru_evicts_least_recently_used() -> None:
     inner = CountingMemoryService()
-    service = LruPathInfoService(inner, capacity=2)
+    service = cached(inner, capacity=2)
     a, b, c = make_info(1), make_info(2), make_info(3)
     await service.put(a)
     await service.put(b)
@@ -253,7 +258,7 @@ async def test_lru_evicts_least_recently_used() -> None:
 
 async def test_lru_list_passes_through() -> None:
     inner = MemoryPathInfoService()
-    service = LruPathInfoService(inner, capacity=1)
+    service = cached(inner, capacity=1)
     await inner.put(make_info(1))
     await service.put(make_info(2))
     assert sorted([i.store_path.name async for i in service.list()]) == ["path-1", "path-2"]
@@ -261,7 +266,7 @@ async def test_lru_list_passes_through() -> None:
 
 def test_lru_needs_capacity() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        LruPathInfoService(MemoryPathInfoService(), capacity=0)
+        LruPathInfoService(capacity=0)
 
 
 # --- signing ------------------------------------------------------------------------------------

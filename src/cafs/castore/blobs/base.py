@@ -213,6 +213,9 @@ class BlobService(ABC):
         async with reader:
             return await reader.read()
 
+    async def connect(self) -> None:  # noqa: B027 - only remote backends connect
+        """Reach the backend now, failing early (remote backends with ``wait-connect=1``)."""
+
     async def close(self) -> None:  # noqa: B027 - backends without resources keep the default
         """Release connections, threads and files."""
 

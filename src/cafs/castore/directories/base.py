@@ -66,6 +66,9 @@ class DirectoryService(ABC):
     def put_multiple_start(self) -> DirectoryPutter:
         return ValidatingPutter(self)
 
+    async def connect(self) -> None:  # noqa: B027 - only remote backends connect
+        """Reach the backend now, failing early (remote backends with ``wait-connect=1``)."""
+
     async def close(self) -> None:  # noqa: B027 - backends without resources keep the default
         """Release connections and threads."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
+from cafs.castore.nodes import Node
 from cafs.errors import IntegrityError, InvalidDigestError
 from cafs.store import nixbase32
 from cafs.store.pathinfo import PathInfo
@@ -36,6 +37,18 @@ class PathInfoService(ABC):
     @abstractmethod
     def list(self) -> AsyncIterator[PathInfo]:
         """Every stored PathInfo once, in no particular order."""
+
+    async def calculate_nar(self, node: Node) -> tuple[int, bytes] | None:
+        """The NAR size and SHA-256 of ``node``, if this service computes them itself.
+
+        A remote service renders the NAR where the data lives, instead of
+        the caller fetching every blob; local backends answer None and the
+        caller renders.
+        """
+        return None
+
+    async def connect(self) -> None:  # noqa: B027 - only remote backends connect
+        """Reach the backend now, failing early (remote backends with ``wait-connect=1``)."""
 
     async def close(self) -> None:  # noqa: B027 - backends without resources keep the default
         """Release connections and threads."""

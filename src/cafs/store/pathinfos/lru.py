@@ -1,8 +1,9 @@
-"""An in-memory LRU of PathInfos in front of another service.
+"""``lru://?capacity=N``: a bounded in-memory PathInfo store that forgets the least used.
 
-Lookups by digest repeat a lot (every FUSE root lookup, every narinfo
-request), and a PathInfo is small, so a bounded cache of decoded ones saves
-a database read and a re-validation each time.
+Meant as the near side of a cache (``cache://?near=lru://?capacity=1000&far=…``):
+lookups by digest repeat a lot (every FUSE root lookup, every narinfo
+request) and a PathInfo is small, so keeping the recent ones decoded saves a
+round trip or a database read and a re-validation each time.
 """
 
 from __future__ import annotations
@@ -15,43 +16,30 @@ from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest
 
 
 class LruPathInfoService(PathInfoService):
-    """Reads through to ``inner`` on a miss; writes go to ``inner`` first, then the cache."""
-
-    def __init__(self, inner: PathInfoService, capacity: int) -> None:
+    def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"LRU capacity must be at least 1, got {capacity}")
-        self.inner = inner
         self.capacity = capacity
         self._cache: OrderedDict[bytes, PathInfo] = OrderedDict()
 
-    def _remember(self, info: PathInfo) -> None:
+    async def get(self, digest: bytes) -> PathInfo | None:
+        digest = check_store_path_digest(digest)
+        info = self._cache.get(digest)
+        if info is not None:
+            self._cache.move_to_end(digest)
+        return info
+
+    async def put(self, info: PathInfo) -> PathInfo:
         digest = info.store_path.digest
         self._cache[digest] = info
         self._cache.move_to_end(digest)
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
-
-    async def get(self, digest: bytes) -> PathInfo | None:
-        digest = check_store_path_digest(digest)
-        cached = self._cache.get(digest)
-        if cached is not None:
-            self._cache.move_to_end(digest)
-            return cached
-        info = await self.inner.get(digest)
-        # A put that finished while inner was read holds the newer value: keep it.
-        if info is not None and digest not in self._cache:
-            self._remember(info)
         return info
 
-    async def put(self, info: PathInfo) -> PathInfo:
-        stored = await self.inner.put(info)
-        self._remember(stored)
-        return stored
-
     async def list(self) -> AsyncIterator[PathInfo]:
-        async for info in self.inner.list():
+        for info in list(self._cache.values()):
             yield info
 
     async def close(self) -> None:
         self._cache.clear()
-        await self.inner.close()

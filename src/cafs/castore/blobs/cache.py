@@ -1,0 +1,114 @@
+"""``cache://?near=URL&far=URL``: a local BlobService in front of a remote one.
+
+Reads are served near when near has the blob; otherwise they come from far
+and what arrives is kept near (read-through), so every blob and chunk
+crosses the network once. A chunked blob is read chunk by chunk, each chunk
+kept near as a blob of its own; the chunk lists of recently read blobs are
+remembered, so a second read needs no round trip at all. Writes go to far,
+the source of truth.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, ChunkMeta
+from cafs.castore.blobs.chunked import ChunkedBlobReader
+from cafs.castore.digest import Digest
+from cafs.errors import IntegrityError, StorageError
+
+CHUNK_LISTS_KEPT = 4096
+COPY_BYTES = 1 << 20
+
+
+class CachedBlobService(BlobService):
+    def __init__(self, near: BlobService, far: BlobService) -> None:
+        self.near = near
+        self.far = far
+        self._chunk_lists: OrderedDict[Digest, list[ChunkMeta]] = OrderedDict()
+
+    async def has(self, digest: Digest) -> bool:
+        return await self.near.has(digest) or await self.far.has(digest)
+
+    async def chunks(self, digest: Digest) -> list[ChunkMeta] | None:
+        known = self._chunk_lists.get(digest)
+        if known is not None:
+            return known
+        if await self.near.has(digest):
+            return await self.near.chunks(digest)
+        return await self.far.chunks(digest)
+
+    def _remember(self, digest: Digest, chunks: list[ChunkMeta]) -> None:
+        self._chunk_lists[digest] = chunks
+        self._chunk_lists.move_to_end(digest)
+        while len(self._chunk_lists) > CHUNK_LISTS_KEPT:
+            self._chunk_lists.popitem(last=False)
+
+    async def open_read(self, digest: Digest) -> BlobReader | None:
+        chunks = self._chunk_lists.get(digest)
+        if chunks is None:
+            reader = await self.near.open_read(digest)
+            if reader is not None:
+                return reader
+            chunks = await self.far.chunks(digest)
+            if chunks is None:
+                return None
+        if len(chunks) >= 2:
+            self._remember(digest, chunks)
+            return ChunkedBlobReader(digest, chunks, self._fetch_chunk)
+        if not await self._copy_near(digest):
+            return None
+        return await self.near.open_read(digest)
+
+    async def _copy_near(self, digest: Digest) -> bool:
+        """Stream a blob from far into near; False if far does not have it."""
+        source = await self.far.open_read(digest)
+        if source is None:
+            return False
+        async with source, await self.near.open_write() as sink:
+            while data := await source.read_some(COPY_BYTES):
+                await sink.write(data)
+            stored = await sink.close()
+        if stored != digest:
+            raise IntegrityError(f"blob {digest} from far hashes to {stored}")
+        return True
+
+    async def _fetch_chunk(self, chunk: ChunkMeta) -> bytes:
+        data = await self.near.read_all(chunk.digest)
+        if data is not None:
+            return data
+        data = await self.far.read_all(chunk.digest)
+        if data is None:
+            raise StorageError(f"chunk {chunk.digest} is missing near and far")
+        await self.near.put(data)
+        return data
+
+    async def read_many(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
+        found = await self.near.read_many(digests)
+        missing = [d for d in digests if d not in found]
+        if missing:
+            fetched = await self.far.read_many(missing)
+            if fetched:
+                await self.near.put_many(list(fetched.values()))
+                found.update(fetched)
+        return found
+
+    async def open_write(self) -> BlobWriter:
+        return await self.far.open_write()
+
+    async def put_files(self, paths: Sequence[str]) -> list[tuple[Digest, int]]:
+        return await self.far.put_files(paths)
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[Digest]:
+        return await self.far.put_many(blobs)
+
+    async def connect(self) -> None:
+        await self.near.connect()
+        await self.far.connect()
+
+    async def close(self) -> None:
+        try:
+            await self.near.close()
+        finally:
+            await self.far.close()

@@ -1,0 +1,45 @@
+"""``cafs daemon``: serve the store over gRPC, as ``tvix-store daemon`` does."""
+
+from __future__ import annotations
+
+import click
+
+from cafs.cli.common import CommandError, run_async, using
+from cafs.cli.store import store_service_options
+from cafs.config import StoreServices
+
+
+@click.command()
+@click.option(
+    "-l",
+    "--listen-address",
+    envvar="LISTEN_ADDRESS",
+    default="127.0.0.1:8000",
+    show_default=True,
+    metavar="ADDR",
+    help="host:port to listen on, or a unix socket path starting with / or .",
+)
+@store_service_options
+@run_async
+async def daemon(
+    listen_address: str,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Serve the blob, directory and PathInfo services over gRPC.
+
+    Answers tvix's and snix's method names, the gRPC health service and
+    reflection. Stops on SIGINT or SIGTERM after finishing calls in flight.
+    """
+    # Imported here: grpc costs start-up time that only the daemon and remote URLs need.
+    from cafs.grpc.server import ListenError, parse_listen_address, serve
+
+    try:
+        address = parse_listen_address(listen_address)
+    except ListenError as exc:
+        raise CommandError(str(exc)) from None
+    services = StoreServices.from_addrs(
+        blob_service_addr, directory_service_addr, path_info_service_addr
+    )
+    await using(services, lambda s: serve(s, address))

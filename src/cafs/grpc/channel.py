@@ -1,0 +1,138 @@
+"""gRPC channel URLs (``grpc+unix``, ``grpc+http``, ``grpc+https``) and the channels they open.
+
+The URL rules are tvix's: a unix socket URL has no host, an HTTP URL has no
+path, and ``wait-connect=1`` makes the first use connect eagerly and fail at
+once when nobody answers, instead of connecting lazily on the first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import grpc
+import grpc.aio
+
+from cafs.errors import InvalidAddressError, RemoteError
+
+SCHEMES = ("grpc+unix", "grpc+http", "grpc+https")
+
+MAX_MESSAGE_BYTES = 64 << 20
+"""Largest message either side accepts (tvix accepts 4 MiB; big directories need more)."""
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds ``wait-connect=1`` waits for a connection."""
+
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Reconnect quickly once a restarted daemon is back (the default backs off to 2 minutes).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # Notice a peer that vanished without closing the connection.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAddress:
+    """Where a gRPC service is, as parsed from its service URL."""
+
+    url: str
+    target: str
+    """The target string grpc understands: ``unix:///path`` or ``host:port``."""
+    secure: bool
+    wait_connect: bool
+
+
+def parse_channel_url(url: str) -> ChannelAddress:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidAddressError(url, str(exc)) from None
+    if parts.scheme not in SCHEMES:
+        raise InvalidAddressError(url, f"not a gRPC URL (use one of {', '.join(SCHEMES)})")
+    wait_connect = False
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key != "wait-connect":
+            raise InvalidAddressError(url, f"unsupported option {key!r} (only wait-connect)")
+        if value not in ("0", "1"):
+            raise InvalidAddressError(url, "wait-connect must be 0 or 1")
+        wait_connect = value == "1"
+    if parts.fragment:
+        raise InvalidAddressError(url, "a gRPC URL takes no fragment")
+    if parts.scheme == "grpc+unix":
+        if parts.netloc:
+            raise InvalidAddressError(url, "host may not be set for unix domain sockets")
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise InvalidAddressError(url, "the socket path must be absolute (grpc+unix:///path)")
+        return ChannelAddress(url, f"unix://{path}", secure=False, wait_connect=wait_connect)
+    if parts.path not in ("", "/"):
+        raise InvalidAddressError(url, "path may not be set")
+    host = parts.hostname
+    if not host:
+        raise InvalidAddressError(url, "missing host")
+    secure = parts.scheme == "grpc+https"
+    if port is None:
+        port = 443 if secure else 80
+    shown = f"[{host}]" if ":" in host else host
+    return ChannelAddress(url, f"{shown}:{port}", secure=secure, wait_connect=wait_connect)
+
+
+def open_channel(address: ChannelAddress) -> grpc.aio.Channel:
+    """A channel to ``address`` (needs a running event loop; connects lazily)."""
+    if address.secure:
+        return grpc.aio.secure_channel(
+            address.target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
+        )
+    return grpc.aio.insecure_channel(address.target, options=CHANNEL_OPTIONS)
+
+
+async def wait_connected(channel: grpc.aio.Channel, address: ChannelAddress) -> None:
+    """Connect now; a refused or unreachable address is an error, not a retry loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_TIMEOUT
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            raise RemoteError(f"cannot connect to {address.url}", "UNAVAILABLE")
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise RemoteError(
+                f"cannot connect to {address.url}: no answer in {CONNECT_TIMEOUT:g} s",
+                "DEADLINE_EXCEEDED",
+            )
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        except TimeoutError:
+            continue
+        state = channel.get_state(try_to_connect=True)
+
+
+class Remote:
+    """One service's connection: opened on first use, closed with the service."""
+
+    def __init__(self, address: ChannelAddress) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = open_channel(self.address)
+        return self._channel
+
+    async def connect(self) -> None:
+        """Honour ``wait-connect=1``: fail now if the server cannot be reached."""
+        if self.address.wait_connect:
+            await wait_connected(self.channel, self.address)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()

@@ -1,0 +1,53 @@
+"""``cache://?near=URL&far=URL``: a fast PathInfo service in front of a slow one.
+
+Reads try near first; a hit far away is kept near (read-through). Writes go
+to far, the source of truth, and then near, so a path just added is served
+locally at once. Misses are not remembered: a path added elsewhere shows up
+on the next lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from cafs.castore.nodes import Node
+from cafs.store.pathinfo import PathInfo
+from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest
+
+
+class CachePathInfoService(PathInfoService):
+    def __init__(self, near: PathInfoService, far: PathInfoService) -> None:
+        self.near = near
+        self.far = far
+
+    async def get(self, digest: bytes) -> PathInfo | None:
+        digest = check_store_path_digest(digest)
+        info = await self.near.get(digest)
+        if info is not None:
+            return info
+        info = await self.far.get(digest)
+        if info is not None:
+            await self.near.put(info)
+        return info
+
+    async def put(self, info: PathInfo) -> PathInfo:
+        stored = await self.far.put(info)
+        await self.near.put(stored)
+        return stored
+
+    async def list(self) -> AsyncIterator[PathInfo]:
+        async for info in self.far.list():
+            yield info
+
+    async def calculate_nar(self, node: Node) -> tuple[int, bytes] | None:
+        return await self.far.calculate_nar(node)
+
+    async def connect(self) -> None:
+        await self.near.connect()
+        await self.far.connect()
+
+    async def close(self) -> None:
+        try:
+            await self.near.close()
+        finally:
+            await self.far.close()
