@@ -13,7 +13,7 @@ CAFS = [sys.executable, "-m", "cafs.cli"]
 def store_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a cafs process on the embedded store at ``home``."""
     env = {**os.environ, "CAFS_HOME": str(home)}
-    for var in ("BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR"):
+    for var in ("BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR", "PATH_INFO_SERVICE_ADDR"):
         env.pop(var, None)
     return {**env, **extra}
 

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from cafs.castore.blobs.cache import CachedBlobService
+from cafs.castore.blobs.grpc import GrpcBlobService
 from cafs.castore.blobs.memory import MemoryBlobService
 from cafs.castore.blobs.objectstore import ObjectStoreBlobService
 from cafs.castore.composition import blob_service_from_addr, directory_service_from_addr
+from cafs.castore.directories.cache import CachedDirectoryService
+from cafs.castore.directories.grpc import GrpcDirectoryService
 from cafs.castore.directories.memory import MemoryDirectoryService
 from cafs.castore.directories.sqlite import SqliteDirectoryService
 from cafs.config import default_blob_service_addr, default_directory_service_addr, store_home
 from cafs.errors import InvalidAddressError
+from cafs.grpc.channel import parse_channel_url
 
 
 @pytest.mark.parametrize(
@@ -39,6 +44,40 @@ def test_directory_urls(url: str, kind: type, tmp_path: Path) -> None:
     assert isinstance(directory_service_from_addr(url.replace("/{tmp}", str(tmp_path))), kind)
 
 
+@pytest.mark.parametrize(
+    ("url", "target", "secure", "wait_connect"),
+    [
+        ("grpc+unix:///run/cafs.sock", "unix:///run/cafs.sock", False, False),
+        ("grpc+unix:///run/cafs.sock?wait-connect=1", "unix:///run/cafs.sock", False, True),
+        ("grpc+http://[::1]:8000", "[::1]:8000", False, False),
+        ("grpc+http://localhost", "localhost:80", False, False),
+        ("grpc+http://127.0.0.1:8000/?wait-connect=0", "127.0.0.1:8000", False, False),
+        ("grpc+https://store.example", "store.example:443", True, False),
+    ],
+)
+def test_channel_urls(url: str, target: str, secure: bool, wait_connect: bool) -> None:
+    address = parse_channel_url(url)
+    assert (address.target, address.secure, address.wait_connect) == (
+        target,
+        secure,
+        wait_connect,
+    )
+
+
+def test_remote_and_cache_urls() -> None:
+    assert isinstance(blob_service_from_addr("grpc+unix:///run/cafs.sock"), GrpcBlobService)
+    assert isinstance(directory_service_from_addr("grpc+http://[::1]:8000"), GrpcDirectoryService)
+    # The far URL keeps its "+": query values are not form-decoded.
+    blobs = blob_service_from_addr("cache://?near=memory://&far=grpc+unix:///run/cafs.sock")
+    assert isinstance(blobs, CachedBlobService)
+    assert isinstance(blobs.near, MemoryBlobService) and isinstance(blobs.far, GrpcBlobService)
+    directories = directory_service_from_addr(
+        "cache://?near=sqlite://&far=grpc+http://127.0.0.1:8000%3Fwait-connect%3D1"
+    )
+    assert isinstance(directories, CachedDirectoryService)
+    assert isinstance(directories.far, GrpcDirectoryService)
+
+
 BAD_BLOB_URLS = [
     ("memory:///", "no host and no path"),
     ("memory:///foo", "no host and no path"),
@@ -49,7 +88,18 @@ BAD_BLOB_URLS = [
     ("objectstore+file:///tmp/x?foo=bar", "unsupported option"),
     ("objectstore+nope:///x", "unknown object store scheme"),
     ("objectstore+s3://bucket/prefix", "not supported"),
-    ("grpc+unix:///run/cafs.sock", "not supported"),
+    ("grpc+unix://host/run/cafs.sock", "host may not be set for unix domain sockets"),
+    ("grpc+unix://relative.sock", "host may not be set"),
+    ("grpc+http://[::1]:8000/some-path", "path may not be set"),
+    ("grpc+https://host/x", "path may not be set"),
+    ("grpc+http://host:8000?foo=1", "unsupported option 'foo'"),
+    ("grpc+http://host:8000?wait-connect=yes", "wait-connect must be 0 or 1"),
+    ("grpc+http://:8000", "missing host"),
+    ("cache://?near=memory://", "cache needs far=URL"),
+    ("cache://host?near=memory://&far=memory://", "no host and no path"),
+    ("cache://?near=memory://&far=memory://&size=1", "unsupported option 'size'"),
+    ("cache://?near=memory://&near=memory://&far=memory://", "near is given twice"),
+    ("cache://?near=memory://&far=memory:///x", "no host and no path"),
     ("ftp://host/x", "unknown blob service scheme"),
     ("not a url", "expected a URL"),
     ("/just/a/path", "expected a URL"),
@@ -71,6 +121,8 @@ def test_bad_blob_urls(url: str, reason: str) -> None:
         ("sqlite://host/x", "no host"),
         ("sqlite:///", "refusing"),
         ("redb:///x", "unknown directory service scheme"),
+        ("grpc+unix://host/x", "host may not be set"),
+        ("cache://?far=memory://", "cache needs near=URL"),
         ("memory://x", "no host"),
     ],
 )

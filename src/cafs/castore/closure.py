@@ -82,3 +82,32 @@ class RootToLeavesValidator:
     def missing(self) -> set[Digest]:
         """Referenced directories that have not been received."""
         return self._allowed - self._seen
+
+
+def leaves_first(closure: list[Directory]) -> list[Directory]:
+    """A closure received root first, reordered so every directory follows its children.
+
+    Reversing a root-first order is not enough: in a closure where a deep
+    directory and a shallow one share a child, the child is sent once, at
+    its shallowest place, and would follow the deep directory that refers to it.
+    """
+    by_digest = {d.digest: d for d in closure}
+    ordered: list[Directory] = []
+    placed: set[Digest] = set()
+    for start in closure:
+        stack: list[tuple[Directory, bool]] = [(start, False)]
+        while stack:
+            directory, children_done = stack.pop()
+            digest = directory.digest
+            if digest in placed:
+                continue
+            if children_done:
+                placed.add(digest)
+                ordered.append(directory)
+                continue
+            stack.append((directory, True))
+            for _, child in directory.directories():
+                below = by_digest.get(child.digest)
+                if below is not None and child.digest not in placed:
+                    stack.append((below, False))
+    return ordered

@@ -7,12 +7,16 @@ URL and the reason in one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from cafs.castore.blobs.base import BlobService
 from cafs.castore.directories.base import DirectoryService
 from cafs.errors import InvalidAddressError
+
+S = TypeVar("S")
 
 REMOTE_SCHEMES = ("grpc+unix", "grpc+http", "grpc+https")
 OBJECT_STORE_CLOUD = ("s3", "gs", "az", "azure", "abfs", "http", "https")
@@ -80,6 +84,17 @@ def cache_urls(url: str, parts: SplitResult) -> tuple[str, str]:
     return found["near"], found["far"]
 
 
+def cache_sides(url: str, parts: SplitResult, build: Callable[[str], S]) -> tuple[S, S]:
+    """Near and far of a cache URL, built by ``build``; a bad side names the cache URL."""
+    sides = []
+    for key, side_url in zip(("near", "far"), cache_urls(url, parts), strict=True):
+        try:
+            sides.append(build(side_url))
+        except InvalidAddressError as exc:
+            raise InvalidAddressError(url, f"{key}: {exc}") from None
+    return sides[0], sides[1]
+
+
 def unsupported_remote(url: str, parts: SplitResult) -> InvalidAddressError:
     return InvalidAddressError(url, f"scheme {parts.scheme!r} is not supported by this cafs build")
 
@@ -124,8 +139,7 @@ def blob_service_from_addr(url: str) -> BlobService:
     if scheme == "cache":
         from cafs.castore.blobs.cache import CachedBlobService
 
-        near, far = cache_urls(url, parts)
-        return CachedBlobService(blob_service_from_addr(near), blob_service_from_addr(far))
+        return CachedBlobService(*cache_sides(url, parts, blob_service_from_addr))
     raise InvalidAddressError(url, f"unknown blob service scheme {scheme!r}")
 
 
@@ -149,10 +163,7 @@ def directory_service_from_addr(url: str) -> DirectoryService:
     if scheme == "cache":
         from cafs.castore.directories.cache import CachedDirectoryService
 
-        near, far = cache_urls(url, parts)
-        return CachedDirectoryService(
-            directory_service_from_addr(near), directory_service_from_addr(far)
-        )
+        return CachedDirectoryService(*cache_sides(url, parts, directory_service_from_addr))
     if scheme.startswith("objectstore+"):
         raise unsupported_remote(url, parts)
     raise InvalidAddressError(url, f"unknown directory service scheme {scheme!r}")

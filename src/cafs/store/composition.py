@@ -11,7 +11,7 @@ from urllib.parse import SplitResult, parse_qsl
 
 from cafs.castore.composition import (
     REMOTE_SCHEMES,
-    cache_urls,
+    cache_sides,
     check_memory_url,
     parse_url,
     sqlite_database_path,
@@ -44,10 +44,7 @@ def path_info_service_from_addr(url: str) -> PathInfoService:
     if scheme == "cache":
         from cafs.store.pathinfos.cache import CachePathInfoService
 
-        near, far = cache_urls(url, parts)
-        return CachePathInfoService(
-            path_info_service_from_addr(near), path_info_service_from_addr(far)
-        )
+        return CachePathInfoService(*cache_sides(url, parts, path_info_service_from_addr))
     if scheme == "lru":
         from cafs.store.pathinfos.lru import LruPathInfoService
 

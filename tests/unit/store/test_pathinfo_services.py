@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from cafs.store.pathinfos.signing import SigningPathInfoService
 from cafs.store.pathinfos.sqlite import LIST_BATCH, SqlitePathInfoService
 from cafs.store.signatures import Signature, SigningKey
 from cafs.store.storepath import StorePath
+from tests.conftest import daemon_for
 
 # vectors.md §6: the keyfile-signing wrapper's test key, and what it appends to PATH_INFO.
 SIGNING_KEY = SigningKey.parse(
@@ -69,7 +71,7 @@ class CountingMemoryService(MemoryPathInfoService):
         return await super().get(digest)
 
 
-BACKENDS = ["memory", "sqlite", "lru", "signing"]
+BACKENDS = ["memory", "sqlite", "lru", "signing", "grpc-unix", "grpc-tcp"]
 
 
 def cached(far: PathInfoService, capacity: int) -> CachePathInfoService:
@@ -88,11 +90,16 @@ def make_service(kind: str, tmp_path: Path) -> PathInfoService:
 
 @pytest.fixture(params=BACKENDS)
 async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[PathInfoService]:
-    svc = make_service(request.param, tmp_path)
-    try:
-        yield svc
-    finally:
-        await svc.close()
+    with contextlib.ExitStack() as stack:
+        if request.param.startswith("grpc-"):
+            daemon = stack.enter_context(daemon_for(request.param, tmp_path))
+            svc = path_info_service_from_addr(daemon.url)
+        else:
+            svc = make_service(request.param, tmp_path)
+        try:
+            yield svc
+        finally:
+            await svc.close()
 
 
 def unsigned(info: PathInfo) -> PathInfo:
@@ -324,7 +331,12 @@ async def test_urls(url: str, kind: type, tmp_path: Path) -> None:
         ("sqlite:///", "refusing to use /"),
         ("sqlite:///p?cache=1", "unsupported option"),
         ("redb:///var/lib/pathinfo.redb", "not supported by this cafs build"),
-        ("grpc+http://[::1]:8000", "not supported by this cafs build"),
+        ("grpc+http://[::1]:8000/path", "path may not be set"),
+        ("grpc+unix://host/tmp/sock", "host may not be set"),
+        ("lru://?capacity=0", "capacity=N with N at least 1"),
+        ("lru://", "capacity=N"),
+        ("cache://?near=lru://?capacity=10", "cache needs far=URL"),
+        ("cache://?near=memory://&far=redb://", "not supported by this cafs build"),
         ("nix+https://cache.nixos.org", "not supported by this cafs build"),
         ("objectstore+file:///x", "unknown path info service scheme"),
         ("pathinfo", "expected a URL"),

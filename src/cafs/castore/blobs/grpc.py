@@ -28,7 +28,7 @@ from cafs.castore.blobs.base import (
     read_file,
 )
 from cafs.castore.blobs.chunked import ChunkedBlobReader
-from cafs.castore.digest import Digest
+from cafs.castore.digest import EMPTY_DIGEST, Digest
 from cafs.errors import CafsError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceStub
@@ -126,6 +126,8 @@ class GrpcBlobService(BlobService):
 
     async def open_read(self, digest: Digest) -> BlobReader | None:
         digest = Digest(digest)
+        if digest == EMPTY_DIGEST:
+            return BytesBlobReader(b"")  # nothing to fetch, nothing to trust
         chunks = await self.chunks(digest)
         if chunks is None:
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from cafs.castore.closure import RootToLeavesValidator
+from cafs.castore.closure import RootToLeavesValidator, leaves_first
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryPutter, DirectoryService
 from cafs.castore.directory import Directory
@@ -36,7 +36,7 @@ class CachedDirectoryService(DirectoryService):
         if closure and validator.missing():
             raise IntegrityError(f"closure of {root} from far is incomplete")
         if closure:
-            await self.near.put_many(closure[::-1])  # leaves first
+            await self.near.put_many(leaves_first(closure))
         return closure
 
     async def get(self, digest: Digest) -> Directory | None:

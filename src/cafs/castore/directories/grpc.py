@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
-from cafs.castore.closure import LeavesToRootValidator, RootToLeavesValidator
+from cafs.castore.closure import LeavesToRootValidator, RootToLeavesValidator, leaves_first
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryPutter, DirectoryService, check_digest
 from cafs.castore.directory import Directory
+from cafs.castore.nodes import display_name
 from cafs.errors import CafsError, ClosureError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import castore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceStub
@@ -99,7 +100,25 @@ class GrpcDirectoryService(DirectoryService):
             )
 
     async def put(self, directory: Directory) -> Digest:
-        return await self._put_all([directory])
+        """Store one directory whose children the server already has.
+
+        The protocol only accepts a directory together with its closure in
+        one stream, so the children's closures are fetched back and sent
+        along, leaves first.
+        """
+        closure: dict[Digest, Directory] = {}
+        for name, child in directory.directories():
+            if child.digest in closure:
+                continue
+            fetched = [d async for d in self.get_recursive(child.digest)]
+            if not fetched:
+                raise ClosureError(
+                    f"directory {directory.digest}: entry {display_name(name)!r} refers to "
+                    f"{child.digest}, which {self.url} does not have"
+                )
+            for below in leaves_first(fetched):
+                closure.setdefault(below.digest, below)
+        return await self._put_all([*closure.values(), directory])
 
     async def put_many(self, directories: list[Directory]) -> None:
         if directories:
