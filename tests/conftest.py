@@ -17,8 +17,15 @@ from cafs.castore.composition import blob_service_from_addr, directory_service_f
 from cafs.castore.directories.base import DirectoryService
 from tests.daemon import Daemon, running_daemon, socket_path
 
-BLOB_BACKENDS = ["memory", "objectstore+memory", "objectstore+file", "grpc-unix", "grpc-tcp"]
-DIRECTORY_BACKENDS = ["memory", "sqlite-memory", "sqlite", "grpc-unix", "grpc-tcp"]
+BLOB_BACKENDS = [
+    "memory",
+    "objectstore+memory",
+    "objectstore+file",
+    "cache",
+    "grpc-unix",
+    "grpc-tcp",
+]
+DIRECTORY_BACKENDS = ["memory", "sqlite-memory", "sqlite", "cache", "grpc-unix", "grpc-tcp"]
 
 # What the daemon behind each gRPC kind stores in: chunked blobs on one, whole ones on the other.
 DAEMON_SERVICES = {
@@ -51,6 +58,7 @@ def blob_url(kind: str, tmp_path: Path) -> str:
         "memory": "memory://",
         "objectstore+memory": "objectstore+memory:///",
         "objectstore+file": f"objectstore+file://{tmp_path / 'objects'}",
+        "cache": "cache://?near=memory://&far=objectstore+memory:///",
     }[kind]
 
 
@@ -60,6 +68,7 @@ def directory_url(kind: str, tmp_path: Path) -> str:
         "memory": "memory://",
         "sqlite-memory": "sqlite://",
         "sqlite": f"sqlite://{tmp_path / 'directories.sqlite'}",
+        "cache": f"cache://?near=memory://&far=sqlite://{tmp_path / 'far.sqlite'}",
     }[kind]
 
 
