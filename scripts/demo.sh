@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The main job on the embedded default store: import a sample tree as a Nix
 # store path, show its narinfo and NAR hash, mount the store read-only with
-# FUSE, browse the path, unmount.
+# FUSE, browse the path, unmount; then serve the store with `cafs daemon` and
+# read the path back over gRPC.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cafs=.venv/bin/cafs
 sample=$(mktemp -d "${TMPDIR:-/tmp}/cafs-sample.XXXXXX")
 mnt="$sample/mnt"
 mount_pid=""
+daemon_pid=""
 cleanup() {
-  if [ -n "$mount_pid" ] && kill -0 "$mount_pid" 2>/dev/null; then
-    kill -TERM "$mount_pid"; wait "$mount_pid" || true
-  fi
+  for pid in "$mount_pid" "$daemon_pid"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"; wait "$pid" || true
+    fi
+  done
   if grep -qs " $mnt " /proc/mounts; then fusermount3 -u -z "$mnt" || true; fi
   rm -rf "$sample"
 }
@@ -69,6 +73,24 @@ cd - >/dev/null
 echo
 echo "\$ kill -TERM <cafs>   # or: fusermount3 -u mnt"
 kill -TERM "$mount_pid"; wait "$mount_pid"; mount_pid=""
+echo
+sock="$sample/cafs.sock"
+remote="grpc+unix://$sock"
+echo "\$ cafs daemon --listen-address cafs.sock &"
+"$cafs" daemon --listen-address "$sock" 2>"$sample/daemon.log" &
+daemon_pid=$!
+for _ in $(seq 100); do
+  [ -S "$sock" ] && break
+  kill -0 "$daemon_pid" 2>/dev/null || { cat "$sample/daemon.log" >&2; exit 1; }
+  sleep 0.1
+done
+echo
+echo "\$ cafs nar dump --blob-service-addr grpc+unix://cafs.sock … $path | sha256sum"
+BLOB_SERVICE_ADDR=$remote DIRECTORY_SERVICE_ADDR=$remote PATH_INFO_SERVICE_ADDR=$remote \
+  "$cafs" nar dump "$path" | sha256sum
+echo
+echo "\$ kill -TERM <cafs daemon>"
+kill -TERM "$daemon_pid"; wait "$daemon_pid"; daemon_pid=""
 echo
 echo "store: ${CAFS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/cafs}"
 echo "mount it yourself: mkdir -p /tmp/cafs && $cafs mount /tmp/cafs &  then: ls /tmp/cafs/$base"
