@@ -7,8 +7,9 @@ unix socket or on TCP at 127.0.0.1, started for the test and stopped by PID.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -72,33 +73,41 @@ def directory_url(kind: str, tmp_path: Path) -> str:
     }[kind]
 
 
-@pytest.fixture(params=BLOB_BACKENDS)
-async def blob_service(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[BlobService]:
+Service = TypeVar("Service", BlobService, DirectoryService)
+
+
+async def serving(
+    kind: str,
+    tmp_path: Path,
+    local_url: Callable[[str, Path], str],
+    from_addr: Callable[[str], Service],
+) -> AsyncIterator[Service]:
+    """A service of backend ``kind`` (a daemon's client for ``grpc-*``), closed afterwards."""
     with contextlib.ExitStack() as stack:
-        if request.param.startswith("grpc-"):
-            url = stack.enter_context(daemon_for(request.param, tmp_path)).url
+        if kind.startswith("grpc-"):
+            url = stack.enter_context(daemon_for(kind, tmp_path)).url
         else:
-            url = blob_url(request.param, tmp_path)
-        service = blob_service_from_addr(url)
+            url = local_url(kind, tmp_path)
+        service = from_addr(url)
         try:
             yield service
         finally:
             await service.close()
+
+
+@pytest.fixture(params=BLOB_BACKENDS)
+async def blob_service(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[BlobService]:
+    async for service in serving(request.param, tmp_path, blob_url, blob_service_from_addr):
+        yield service
 
 
 @pytest.fixture(params=DIRECTORY_BACKENDS)
 async def directory_service(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[DirectoryService]:
-    with contextlib.ExitStack() as stack:
-        if request.param.startswith("grpc-"):
-            url = stack.enter_context(daemon_for(request.param, tmp_path)).url
-        else:
-            url = directory_url(request.param, tmp_path)
-        service = directory_service_from_addr(url)
-        try:
-            yield service
-        finally:
-            await service.close()
+    async for service in serving(
+        request.param, tmp_path, directory_url, directory_service_from_addr
+    ):
+        yield service

@@ -8,7 +8,9 @@ once when nobody answers, instead of connecting lazily on the first call.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import grpc
@@ -114,25 +116,39 @@ async def wait_connected(channel: grpc.aio.Channel, address: ChannelAddress) -> 
         state = channel.get_state(try_to_connect=True)
 
 
-class Remote:
-    """One service's connection: opened on first use, closed with the service."""
+StubT = TypeVar("StubT")
 
-    def __init__(self, address: ChannelAddress) -> None:
+
+class Remote(Generic[StubT]):
+    """One service's connection and stub: opened on first use, closed with the service."""
+
+    def __init__(
+        self, address: ChannelAddress, make_stub: Callable[[grpc.aio.Channel], StubT]
+    ) -> None:
         self.address = address
+        self._make_stub = make_stub
         self._channel: grpc.aio.Channel | None = None
+        self._stub: StubT | None = None
 
     @property
-    def channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
+    def url(self) -> str:
+        return self.address.url
+
+    @property
+    def stub(self) -> StubT:
+        if self._stub is None:
             self._channel = open_channel(self.address)
-        return self._channel
+            self._stub = self._make_stub(self._channel)
+        return self._stub
 
     async def connect(self) -> None:
         """Honour ``wait-connect=1``: fail now if the server cannot be reached."""
         if self.address.wait_connect:
-            await wait_connected(self.channel, self.address)
+            self.stub  # noqa: B018 - opens the channel
+            assert self._channel is not None
+            await wait_connected(self._channel, self.address)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            channel, self._channel = self._channel, None
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
             await channel.close()

@@ -57,18 +57,15 @@ async def _digest_of(data: bytes) -> Digest:
 
 class GrpcBlobService(BlobService):
     def __init__(self, address: ChannelAddress) -> None:
-        self._remote = Remote(address)
-        self._stub: BlobServiceAsyncStub | None = None
+        self._remote: Remote[BlobServiceAsyncStub] = Remote(address, BlobServiceStub)
 
     @property
     def stub(self) -> BlobServiceAsyncStub:
-        if self._stub is None:
-            self._stub = BlobServiceStub(self._remote.channel)
-        return self._stub
+        return self._remote.stub
 
     @property
     def url(self) -> str:
-        return self._remote.address.url
+        return self._remote.url
 
     async def connect(self) -> None:
         await self._remote.connect()
@@ -172,7 +169,6 @@ class GrpcBlobService(BlobService):
         return {d: data for d, data in zip(digests, found, strict=True) if data is not None}
 
     async def close(self) -> None:
-        self._stub = None
         await self._remote.close()
 
 

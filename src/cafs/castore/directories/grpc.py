@@ -36,18 +36,15 @@ PutCall = grpc.aio.StreamUnaryCall[castore_pb2.Directory, rpc_directory_pb2.PutD
 
 class GrpcDirectoryService(DirectoryService):
     def __init__(self, address: ChannelAddress) -> None:
-        self._remote = Remote(address)
-        self._stub: DirectoryServiceAsyncStub | None = None
+        self._remote: Remote[DirectoryServiceAsyncStub] = Remote(address, DirectoryServiceStub)
 
     @property
     def stub(self) -> DirectoryServiceAsyncStub:
-        if self._stub is None:
-            self._stub = DirectoryServiceStub(self._remote.channel)
-        return self._stub
+        return self._remote.stub
 
     @property
     def url(self) -> str:
-        return self._remote.address.url
+        return self._remote.url
 
     async def connect(self) -> None:
         await self._remote.connect()
@@ -134,7 +131,6 @@ class GrpcDirectoryService(DirectoryService):
         return GrpcDirectoryPutter(self.stub, self.url)
 
     async def close(self) -> None:
-        self._stub = None
         await self._remote.close()
 
 

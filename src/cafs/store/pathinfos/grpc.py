@@ -30,18 +30,15 @@ NAR_SHA256_SIZE = 32
 
 class GrpcPathInfoService(PathInfoService):
     def __init__(self, address: ChannelAddress) -> None:
-        self._remote = Remote(address)
-        self._stub: PathInfoServiceAsyncStub | None = None
+        self._remote: Remote[PathInfoServiceAsyncStub] = Remote(address, PathInfoServiceStub)
 
     @property
     def stub(self) -> PathInfoServiceAsyncStub:
-        if self._stub is None:
-            self._stub = PathInfoServiceStub(self._remote.channel)
-        return self._stub
+        return self._remote.stub
 
     @property
     def url(self) -> str:
-        return self._remote.address.url
+        return self._remote.url
 
     async def connect(self) -> None:
         await self._remote.connect()
@@ -96,5 +93,4 @@ class GrpcPathInfoService(PathInfoService):
         return response.nar_size, bytes(response.nar_sha256)
 
     async def close(self) -> None:
-        self._stub = None
         await self._remote.close()
