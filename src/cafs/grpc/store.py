@@ -3,7 +3,9 @@
 Status codes are tvix's: an unset ``by_what`` is UNIMPLEMENTED, a digest of
 the wrong length and an invalid PathInfo are INVALID_ARGUMENT, a miss is
 NOT_FOUND, a failure while listing is INTERNAL. CalculateNAR renders the NAR
-here, where the blobs are (or asks the next daemon, if this one is a proxy).
+here, where the blobs are (or asks the next daemon, if this one is a proxy);
+as in tvix, a NAR that cannot be rendered (a blob or directory missing, a
+size that does not match) is a storage error, DATA_LOSS.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import grpc.aio
 
 from cafs.castore.nodes import node_from_proto
 from cafs.config import StoreServices
-from cafs.errors import CafsError, PathInfoValidationError, ValidationError
+from cafs.errors import CafsError, PathInfoValidationError, RemoteError, ValidationError
 from cafs.gen.tvix.castore.v1 import castore_pb2
 from cafs.gen.tvix.store.v1 import pathinfo_pb2, rpc_pathinfo_pb2
 from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceServicer
@@ -25,6 +27,9 @@ from cafs.store.pathinfo import PathInfo
 from cafs.store.storepath import DIGEST_SIZE
 
 Context = grpc.aio.ServicerContext[object, object]
+
+INVALID_PATH_INFO = "invalid path info: "
+"""How every PathInfoValidationError message starts (cafs.store.pathinfo)."""
 
 
 class PathInfoServer(PathInfoServiceServicer):
@@ -54,7 +59,9 @@ class PathInfoServer(PathInfoServiceServicer):
         try:
             info = PathInfo.from_proto(request)
         except PathInfoValidationError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid path info: {exc}")
+            # tvix's wording; the model's own "invalid path info: " is not repeated.
+            reason = str(exc).removeprefix(INVALID_PATH_INFO)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid path info: {reason}")
         try:
             stored = await self.services.path_infos.put(info)
         except CafsError as exc:
@@ -74,8 +81,12 @@ class PathInfoServer(PathInfoServiceServicer):
             )
         try:
             nar_size, nar_sha256 = await nar_of(node, self.services)
+        except RemoteError as exc:
+            await abort(context, exc)  # a proxy passes the far side's answer on
         except CafsError as exc:
-            await abort(context, exc)
+            await context.abort(
+                grpc.StatusCode.DATA_LOSS, f"storage error: failed rendering nar: {exc}"
+            )
         return rpc_pathinfo_pb2.CalculateNARResponse(nar_size=nar_size, nar_sha256=nar_sha256)
 
     async def List(
