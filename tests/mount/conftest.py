@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,32 +62,50 @@ class Mount:
 
 
 def mounted(
-    digest: str, mountpoint: Path, home: Path, *flags: str, log_level: str = "INFO"
+    digest: str,
+    mountpoint: Path,
+    home: Path,
+    *flags: str,
+    log_level: str = "INFO",
+    env: Mapping[str, str] | None = None,
 ) -> contextlib.AbstractContextManager[Mount]:
     """``cafs castore mount DIGEST`` at ``mountpoint``, live until the block ends."""
     command = ["castore", "mount", digest]
-    return mounted_command(command, mountpoint, home, *flags, log_level=log_level)
+    return mounted_command(command, mountpoint, home, *flags, log_level=log_level, env=env)
 
 
 def mounted_store(
-    mountpoint: Path, home: Path, *flags: str, log_level: str = "INFO"
+    mountpoint: Path,
+    home: Path,
+    *flags: str,
+    log_level: str = "INFO",
+    env: Mapping[str, str] | None = None,
 ) -> contextlib.AbstractContextManager[Mount]:
     """``cafs mount`` (the store mode) at ``mountpoint``, live until the block ends."""
-    return mounted_command(["mount"], mountpoint, home, *flags, log_level=log_level)
+    return mounted_command(["mount"], mountpoint, home, *flags, log_level=log_level, env=env)
 
 
 @contextlib.contextmanager
 def mounted_command(
-    command: list[str], mountpoint: Path, home: Path, *flags: str, log_level: str = "INFO"
+    command: list[str],
+    mountpoint: Path,
+    home: Path,
+    *flags: str,
+    log_level: str = "INFO",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Mount]:
-    """Run a mount command, wait until the mount is live, always unmount."""
+    """Run a mount command, wait until the mount is live, always unmount.
+
+    ``env`` adds to the environment of the mount process (service URLs such
+    as ``BLOB_SERVICE_ADDR``, say); ``flags`` follow the mountpoint.
+    """
     require_fuse()
     mountpoint.mkdir(parents=True, exist_ok=True)
     log = mountpoint.parent / f"{mountpoint.name}.log"
     with open(log, "wb") as err:
         process = subprocess.Popen(
             [*CAFS, "--log-level", log_level, *command, str(mountpoint), *flags],
-            env=store_env(home),
+            env=store_env(home, **(env or {})),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,

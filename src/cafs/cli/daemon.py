@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cafs.cli.common import CommandError, run_async, using
+from cafs.cli.common import run_async, using
 from cafs.cli.store import store_service_options
 from cafs.config import StoreServices
 
@@ -14,7 +14,7 @@ from cafs.config import StoreServices
     "-l",
     "--listen-address",
     envvar="LISTEN_ADDRESS",
-    default="127.0.0.1:8000",
+    default="127.0.0.1:8000",  # cafs.grpc.listen.DEFAULT_LISTEN_ADDRESS, without importing grpc
     show_default=True,
     metavar="ADDR",
     help="host:port to listen on, or a unix socket path starting with / or .",
@@ -33,12 +33,10 @@ async def daemon(
     reflection. Stops on SIGINT or SIGTERM after finishing calls in flight.
     """
     # Imported here: grpc costs start-up time that only the daemon and remote URLs need.
-    from cafs.grpc.server import ListenError, parse_listen_address, serve
+    from cafs.grpc.listen import parse_listen_address
+    from cafs.grpc.server import serve
 
-    try:
-        address = parse_listen_address(listen_address)
-    except ListenError as exc:
-        raise CommandError(str(exc)) from None
+    address = parse_listen_address(listen_address)  # a ListenError is a one-line error
     services = StoreServices.from_addrs(
         blob_service_addr, directory_service_addr, path_info_service_addr
     )

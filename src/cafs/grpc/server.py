@@ -15,8 +15,6 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,16 +24,15 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cafs.config import StoreServices
-from cafs.errors import CafsError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.grpc.castore import BlobServer, DirectoryServer
 from cafs.grpc.channel import MAX_MESSAGE_BYTES
+from cafs.grpc.listen import ListenAddress, ListenError, check_bindable
 from cafs.grpc.store import PathInfoServer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN_ADDRESS = "127.0.0.1:8000"
 PACKAGES = ("tvix", "snix")
 SHUTDOWN_GRACE = 30.0
 """Seconds in-flight calls get to finish after SIGINT/SIGTERM."""
@@ -45,50 +42,6 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
     rpc_directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"],
     rpc_pathinfo_pb2.DESCRIPTOR.services_by_name["PathInfoService"],
 )
-
-
-class ListenError(CafsError):
-    """An address the daemon cannot listen on."""
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """``host:port`` (TCP) or a path starting with ``/`` or ``.`` (a unix socket)."""
-
-    text: str
-
-    @property
-    def socket_path(self) -> Path | None:
-        if self.text.startswith(("/", ".")):
-            return Path(self.text).absolute()
-        return None
-
-    @property
-    def target(self) -> str:
-        path = self.socket_path
-        return f"unix://{path}" if path is not None else self.text
-
-    def url(self, port: int) -> str:
-        """The URL clients use for the bound address."""
-        path = self.socket_path
-        if path is not None:
-            return f"grpc+unix://{path}"
-        host = self.text.rsplit(":", 1)[0]
-        return f"grpc+http://{host}:{port}"
-
-
-def parse_listen_address(text: str) -> ListenAddress:
-    if text.startswith(("/", ".")):
-        return ListenAddress(text)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ListenError(
-            f"invalid listen address {text!r}: expected host:port or a socket path "
-            "starting with / or ."
-        )
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ListenError(f"invalid listen address {text!r}: write IPv6 hosts as [::1]:port")
-    return ListenAddress(text)
 
 
 def _logged(
@@ -210,9 +163,7 @@ class Daemon:
 
     async def start(self) -> str:
         """Bind and start; returns the URL clients can use."""
-        path = self.address.socket_path
-        if path is not None and path.is_socket():
-            path.unlink()  # a socket left by a daemon that did not shut down
+        check_bindable(self.address)
         try:
             port = self.server.add_insecure_port(self.address.target)
         except RuntimeError as exc:
