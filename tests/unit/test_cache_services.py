@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from cafs.castore.blobs.base import BlobReader, ChunkMeta
 from cafs.castore.blobs.cache import CachedBlobService
 from cafs.castore.blobs.memory import MemoryBlobService
 from cafs.castore.blobs.objectstore import ObjectStoreBlobService
 from cafs.castore.closure import LeavesToRootValidator, leaves_first
+from cafs.castore.composition import blob_service_from_addr
 from cafs.castore.digest import Digest
 from cafs.castore.directories.cache import CachedDirectoryService
 from cafs.castore.directories.memory import MemoryDirectoryService
@@ -138,3 +140,38 @@ def test_leaves_first_puts_shared_children_before_every_parent() -> None:
     assert validator.finish()[0] == DIRECTORY_D.digest
     # Plain reversal would not do: B would come before A, which it refers to.
     assert root_first[-1] == DIRECTORY_B
+
+
+async def test_a_blob_read_through_is_kept_whole_near(tmp_path: Path) -> None:
+    """Once read through, a chunked blob is near for good: a new service needs no far."""
+    far = CountingBlobs()
+    near_url = f"objectstore+file://{tmp_path / 'near'}"
+    large = os.urandom(3 << 20)
+    digest = await far.put(large)
+    cache = CachedBlobService(blob_service_from_addr(near_url), far)
+    assert await read_through(cache, digest) == large
+    await cache.near.close()
+
+    # Another process later, with far gone (an empty store stands in for it).
+    later = CachedBlobService(blob_service_from_addr(near_url), CountingBlobs())
+    try:
+        assert await later.chunks(digest) == await far.chunks(digest)
+        assert await read_through(later, digest) == large
+        assert later.far.reads == 0  # type: ignore[attr-defined]
+    finally:
+        await later.close()
+
+
+async def test_a_partly_read_blob_is_not_recorded_near(tmp_path: Path) -> None:
+    far = CountingBlobs()
+    near = blob_service_from_addr(f"objectstore+file://{tmp_path / 'near'}")
+    large = os.urandom(3 << 20)
+    digest = await far.put(large)
+    cache = CachedBlobService(near, far)
+    reader = await cache.open_read(digest)
+    assert reader is not None
+    async with reader:
+        assert await reader.read(1 << 20) == large[: 1 << 20]
+    # Unverified as a whole, so near keeps chunks but no chunk list.
+    assert await near.chunks(digest) is None
+    await near.close()

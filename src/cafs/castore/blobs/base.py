@@ -205,6 +205,18 @@ class BlobService(ABC):
                 found[digest] = data
         return found
 
+    async def put_chunk(self, data: bytes) -> Digest:
+        """Store ``data`` as one chunk, never cut finer (a cache keeping a remote's chunks)."""
+        return await self.put(data)
+
+    async def adopt_chunks(self, digest: Digest, chunks: Sequence[ChunkMeta]) -> None:  # noqa: B027
+        """Record that ``digest`` is the concatenation of ``chunks``, stored here by ``put_chunk``.
+
+        The caller has verified that the chunks hash to ``digest``. Backends
+        without chunk lists ignore it (the blob stays readable chunk by chunk
+        only through the caller).
+        """
+
     async def read_all(self, digest: Digest) -> bytes | None:
         """The whole blob in memory (for small blobs and tests)."""
         reader = await self.open_read(digest)

@@ -56,7 +56,12 @@ class CachedBlobService(BlobService):
                 return None
         if len(chunks) >= 2:
             self._remember(digest, chunks)
-            return ChunkedBlobReader(digest, chunks, self._fetch_chunk)
+            known = chunks
+
+            async def adopt() -> None:
+                await self.near.adopt_chunks(digest, known)
+
+            return ChunkedBlobReader(digest, chunks, self._fetch_chunk, on_verified=adopt)
         if not await self._copy_near(digest):
             return None
         return await self.near.open_read(digest)
@@ -81,7 +86,7 @@ class CachedBlobService(BlobService):
         data = await self.far.read_all(chunk.digest)
         if data is None:
             raise StorageError(f"chunk {chunk.digest} is missing near and far")
-        await self.near.put(data)
+        await self.near.put_chunk(data)
         return data
 
     async def read_many(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:

@@ -23,6 +23,9 @@ from cafs.errors import IntegrityError
 ChunkFetcher = Callable[[ChunkMeta], Awaitable[bytes]]
 """Returns a chunk's verified bytes; raises if the chunk is missing or corrupt."""
 
+OnVerified = Callable[[], Awaitable[None]]
+"""Called once the chunks, read through from start to end, hashed to the blob's digest."""
+
 PREFETCH_CHUNKS = 8
 """Chunks fetched ahead of a forward reader (about 2 MiB at tvix's chunk size)."""
 
@@ -34,6 +37,7 @@ class ChunkedBlobReader(BlobReader):
         chunks: Sequence[ChunkMeta],
         fetch: ChunkFetcher,
         prefetch: int = PREFETCH_CHUNKS,
+        on_verified: OnVerified | None = None,
     ) -> None:
         if not chunks:
             raise ValueError("a chunked blob needs at least one chunk")
@@ -54,6 +58,7 @@ class ChunkedBlobReader(BlobReader):
         # Whole-blob verification while reads stay sequential from offset 0.
         self._hasher: blake3.blake3 | None = blake3.blake3()
         self._hashed = 0
+        self._on_verified = on_verified
 
     @property
     def size(self) -> int:
@@ -116,8 +121,10 @@ class ChunkedBlobReader(BlobReader):
             parts.append(piece)
             pos += len(piece)
         out = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._account(self._pos, out)
+        verified = self._account(self._pos, out)
         self._pos = pos
+        if verified and self._on_verified is not None:
+            await self._on_verified()
         return out
 
     async def read_some(self, n: int) -> bytes:
@@ -129,27 +136,32 @@ class ChunkedBlobReader(BlobReader):
         data = await self._chunk(index)
         # A slice covering the whole chunk is the chunk itself: no copy.
         out = data[self._pos - start : min(len(data), self._pos - start + n)]
-        self._account(self._pos, out)
+        verified = self._account(self._pos, out)
         self._pos += len(out)
+        if verified and self._on_verified is not None:
+            await self._on_verified()
         return out
 
-    def _account(self, offset: int, data: bytes) -> None:
+    def _account(self, offset: int, data: bytes) -> bool:
+        """Hash what is read in order; True when the whole blob has just been verified."""
         if self._hasher is None:
-            return
+            return False
         if offset != self._hashed:
             if offset > self._hashed:
                 self._hasher = None  # a jump ahead: sequential verification no longer applies
-            return
+            return False
         self._hasher.update(data)
         self._hashed += len(data)
-        if self._hashed == self._size:
-            actual = self._hasher.digest()
-            self._hasher = None
-            if actual != self._digest:
-                raise IntegrityError(
-                    f"blob {self._digest}: its chunks hash to {Digest(actual)}; "
-                    "the blob index is corrupt"
-                )
+        if self._hashed < self._size:
+            return False
+        actual = self._hasher.digest()
+        self._hasher = None
+        if actual != self._digest:
+            raise IntegrityError(
+                f"blob {self._digest}: its chunks hash to {Digest(actual)}; "
+                "the blob index is corrupt"
+            )
+        return True
 
     async def close(self) -> None:
         self._cancel_prefetch()

@@ -302,6 +302,22 @@ class ObjectStoreBlobService(BlobService):
             raise
         return results, staged
 
+    async def put_chunk(self, data: bytes) -> Digest:
+        meta, staged = await asyncio.to_thread(stage_chunk, self.storage, memoryview(data))
+        if staged is not None:
+            await self.storage.commit([staged])
+        return meta.digest
+
+    async def adopt_chunks(self, digest: Digest, chunks: Sequence[ChunkMeta]) -> None:
+        def stage() -> list[Staged]:
+            if not all(self.storage.exists_sync(chunk_key(c.digest)) for c in chunks):
+                return []  # a chunk is missing: no index that would point at nothing
+            return stage_index(self.storage, digest, list(chunks))
+
+        staged = await asyncio.to_thread(stage)
+        if staged:
+            await self.storage.commit(staged)
+
     async def close(self) -> None:
         await self.storage.close()
 
