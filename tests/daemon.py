@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -100,11 +101,15 @@ MEMORY_SERVICES = (
 )
 
 
+_sockets = itertools.count()
+
+
 def socket_path(tmp: Path) -> str:
-    """A unix socket path short enough for sun_path (108 bytes)."""
-    path = tmp / "cafs.sock"
+    """A fresh unix socket path (one per call) short enough for sun_path (108 bytes)."""
+    name = f"cafs-{next(_sockets)}.sock"
+    path = tmp / name
     if len(os.fsencode(path)) < 100:
         return str(path)
     import tempfile
 
-    return str(Path(tempfile.mkdtemp(prefix="cafs-")) / "cafs.sock")
+    return str(Path(tempfile.mkdtemp(prefix="cafs-")) / name)
