@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar clean
+.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc clean
 
 all: test
 
@@ -63,3 +63,6 @@ clean:
 
 bench-nar: venv
 	$(BIN)/python bench/nar.py
+
+bench-grpc: venv
+	$(BIN)/python bench/grpc.py

@@ -3,8 +3,11 @@
 Every byte handed out is verified here, whatever the server is: a chunked
 blob is read chunk by chunk (each chunk checked against its digest, a window
 fetched ahead, seekable), and a blob without chunks is fetched whole and
-checked before its first byte is served. Writes stream in bounded messages
-and the digest the server answers must match the digest of what was sent.
+checked before its first byte is served. A chunked blob read from its start
+comes in one Read call of the whole blob, cut into its chunks along the Stat
+chunk list; reads that jump fetch single chunks, one Read each. Writes stream
+in bounded messages and the digest the server answers must match the digest
+of what was sent.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -43,6 +47,9 @@ PUT_MESSAGE_BYTES = 1 << 20
 
 CONCURRENT_CALLS = 16
 """Calls in flight for batch operations (put_many, put_files, read_many)."""
+
+STREAM_PREFETCH_CHUNKS = 16
+"""Chunks a reader fed by one Read of the whole blob keeps ahead (about 4-5 MiB)."""
 
 _HASH_OFF_LOOP = 1 << 20
 
@@ -129,7 +136,7 @@ class GrpcBlobService(BlobService):
         if chunks is None:
             return None
         if len(chunks) >= 2:
-            return ChunkedBlobReader(digest, chunks, self._fetch_chunk)
+            return _StreamedBlobReader(digest, chunks, _BlobStream(self, digest, chunks))
         # No finer chunks: small, or a backend that does not chunk (memory).
         data = await self._read_whole(digest)
         if data is None:
@@ -137,13 +144,10 @@ class GrpcBlobService(BlobService):
         return BytesBlobReader(data)
 
     async def read_all(self, digest: Digest) -> bytes | None:
-        digest = Digest(digest)
-        chunks = await self.chunks(digest)
-        if chunks is None:
-            return None
-        if len(chunks) >= 2:
-            return await super().read_all(digest)
-        return await self._read_whole(digest)
+        # The whole blob is wanted in memory anyway: one Read, nothing handed out
+        # before all of it matches the digest (a Stat first cost a second round
+        # trip per small blob).
+        return await self._read_whole(Digest(digest))
 
     async def open_write(self) -> BlobWriter:
         return GrpcBlobWriter(self.stub, self.url)
@@ -170,6 +174,141 @@ class GrpcBlobService(BlobService):
 
     async def close(self) -> None:
         await self._remote.close()
+
+
+class _StreamEnded(Exception):
+    """The whole-blob Read stopped serving chunks; fetches fall back to one Read per chunk."""
+
+
+class _BlobStream:
+    """One Read call of a whole chunked blob, cut into its chunks, each checked.
+
+    Serves the chunk fetches of a reader that goes forward from the start (its
+    prefetch window included), in blob order: fetch number *i* claims chunk *i*
+    of the stream if that is the chunk asked for. The call runs only as far as
+    fetches have claimed. The first fetch out of order, or any failure of the
+    call (an error, early end, bytes that do not match a chunk's digest), ends
+    the stream for good: that fetch, every fetch still waiting and every later
+    one are served by a Read of their own chunk, checked the same way.
+    """
+
+    def __init__(self, service: GrpcBlobService, digest: Digest, chunks: list[ChunkMeta]) -> None:
+        self._service = service
+        self._digest = digest
+        self._chunks = chunks
+        self._claimed = 0
+        self._produced = 0
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._call: (
+            grpc.aio.UnaryStreamCall[rpc_blobstore_pb2.ReadBlobRequest, rpc_blobstore_pb2.BlobChunk]
+            | None
+        ) = None
+        self._pump: asyncio.Task[None] | None = None
+        self._pieces: deque[bytes] = deque()
+        self._offset = 0  # of the first piece, already handed out
+        self._buffered = 0  # bytes in pieces past the offset
+        self._open = True
+
+    async def fetch(self, chunk: ChunkMeta) -> bytes:
+        position = self._claimed
+        if self._open and position < len(self._chunks) and self._chunks[position] == chunk:
+            self._claimed += 1
+            waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._waiting[position] = waiter
+            if self._pump is None or self._pump.done():
+                self._pump = asyncio.ensure_future(self._run())
+            try:
+                return await waiter
+            except _StreamEnded:
+                pass
+        else:
+            self.close()
+        return await self._service._fetch_chunk(chunk)
+
+    async def _run(self) -> None:
+        try:
+            if self._call is None:
+                self._call = self._service.stub.Read(
+                    rpc_blobstore_pb2.ReadBlobRequest(digest=self._digest)
+                )
+            while self._open and self._produced < self._claimed:
+                chunk = self._chunks[self._produced]
+                data = await self._take(chunk.size)
+                if await _digest_of(data) != chunk.digest:
+                    raise _StreamEnded(f"wrong bytes for chunk {chunk.digest}")
+                waiter = self._waiting.pop(self._produced, None)
+                self._produced += 1
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(data)
+        except (Exception, asyncio.CancelledError):
+            # Every waiting fetch reads its chunk alone; that read reports what went wrong.
+            self.close()
+
+    async def _take(self, size: int) -> bytes:
+        """The next ``size`` bytes of the stream."""
+        assert self._call is not None
+        while self._buffered < size:
+            message = await self._call.read()
+            if not isinstance(message, rpc_blobstore_pb2.BlobChunk):  # EOF
+                raise _StreamEnded("the stream ended early")
+            data = message.data  # each access of the field makes a new copy
+            if data:
+                self._pieces.append(data)
+                self._buffered += len(data)
+        self._buffered -= size
+        first = self._pieces[0]
+        start = self._offset
+        if len(first) - start >= size:
+            # Within one message: the message itself, or one copy of the slice.
+            if start == 0 and len(first) == size:
+                return self._pieces.popleft()
+            self._offset = start + size
+            if self._offset == len(first):
+                self._pieces.popleft()
+                self._offset = 0
+            return first[start : start + size]
+        parts: list[bytes | memoryview] = []
+        while size:
+            first = self._pieces[0]
+            available = len(first) - self._offset
+            if available <= size:
+                parts.append(memoryview(first)[self._offset :] if self._offset else first)
+                self._pieces.popleft()
+                self._offset = 0
+                size -= available
+            else:
+                parts.append(memoryview(first)[self._offset : self._offset + size])
+                self._offset += size
+                size = 0
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """End the call; waiting fetches fall back to reading their own chunks."""
+        if not self._open:
+            return
+        self._open = False
+        if self._call is not None:
+            self._call.cancel()
+        if self._pump is not None and self._pump is not asyncio.current_task():
+            self._pump.cancel()
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(_StreamEnded())
+        self._waiting.clear()
+        self._pieces.clear()
+        self._buffered = 0
+
+
+class _StreamedBlobReader(ChunkedBlobReader):
+    """A chunked reader whose forward reads come from one Read call of the whole blob."""
+
+    def __init__(self, digest: Digest, chunks: list[ChunkMeta], stream: _BlobStream) -> None:
+        super().__init__(digest, chunks, stream.fetch, prefetch=STREAM_PREFETCH_CHUNKS)
+        self._stream = stream
+
+    async def close(self) -> None:
+        self._stream.close()
+        await super().close()
 
 
 async def _bounded(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
