@@ -120,7 +120,11 @@ StubT = TypeVar("StubT")
 
 
 class Remote(Generic[StubT]):
-    """One service's connection and stub: opened on first use, closed with the service."""
+    """A service's connection and stub: opened on first use, closed with the service.
+
+    The base of every gRPC client service, which gets ``stub``, ``url``,
+    ``connect`` and ``close`` from here.
+    """
 
     def __init__(
         self, address: ChannelAddress, make_stub: Callable[[grpc.aio.Channel], StubT]

@@ -62,20 +62,10 @@ async def _digest_of(data: bytes) -> Digest:
     return await asyncio.to_thread(Digest.of, data)
 
 
-class GrpcBlobService(BlobService):
+# Remote first: its connect and close are the service's.
+class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
     def __init__(self, address: ChannelAddress) -> None:
-        self._remote: Remote[BlobServiceAsyncStub] = Remote(address, BlobServiceStub)
-
-    @property
-    def stub(self) -> BlobServiceAsyncStub:
-        return self._remote.stub
-
-    @property
-    def url(self) -> str:
-        return self._remote.url
-
-    async def connect(self) -> None:
-        await self._remote.connect()
+        super().__init__(address, BlobServiceStub)
 
     async def _stat(self, digest: Digest) -> rpc_blobstore_pb2.StatBlobResponse | None:
         try:
@@ -171,9 +161,6 @@ class GrpcBlobService(BlobService):
 
         found = await _bounded([functools.partial(fetch, d) for d in digests])
         return {d: data for d, data in zip(digests, found, strict=True) if data is not None}
-
-    async def close(self) -> None:
-        await self._remote.close()
 
 
 class _StreamEnded(Exception):

@@ -34,20 +34,10 @@ if TYPE_CHECKING:
 PutCall = grpc.aio.StreamUnaryCall[castore_pb2.Directory, rpc_directory_pb2.PutDirectoryResponse]
 
 
-class GrpcDirectoryService(DirectoryService):
+# Remote first: its connect and close are the service's.
+class GrpcDirectoryService(Remote["DirectoryServiceAsyncStub"], DirectoryService):
     def __init__(self, address: ChannelAddress) -> None:
-        self._remote: Remote[DirectoryServiceAsyncStub] = Remote(address, DirectoryServiceStub)
-
-    @property
-    def stub(self) -> DirectoryServiceAsyncStub:
-        return self._remote.stub
-
-    @property
-    def url(self) -> str:
-        return self._remote.url
-
-    async def connect(self) -> None:
-        await self._remote.connect()
+        super().__init__(address, DirectoryServiceStub)
 
     def _decoded(self, expected: Digest | None, message: castore_pb2.Directory) -> Directory:
         try:
@@ -129,9 +119,6 @@ class GrpcDirectoryService(DirectoryService):
 
     def put_multiple_start(self) -> DirectoryPutter:
         return GrpcDirectoryPutter(self.stub, self.url)
-
-    async def close(self) -> None:
-        await self._remote.close()
 
 
 class GrpcDirectoryPutter(DirectoryPutter):

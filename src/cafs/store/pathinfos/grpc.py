@@ -18,30 +18,23 @@ from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceStub
 from cafs.grpc.channel import ChannelAddress, Remote
 from cafs.grpc.status import error_from
-
-if TYPE_CHECKING:
-    from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceAsyncStub
 from cafs.store import nixbase32
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest, check_stored
 
+if TYPE_CHECKING:
+    # Named in a string below: the async stub exists in the type stubs only.
+    from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import (  # noqa: F401
+        PathInfoServiceAsyncStub,
+    )
+
 NAR_SHA256_SIZE = 32
 
 
-class GrpcPathInfoService(PathInfoService):
+# Remote first: its connect and close are the service's.
+class GrpcPathInfoService(Remote["PathInfoServiceAsyncStub"], PathInfoService):
     def __init__(self, address: ChannelAddress) -> None:
-        self._remote: Remote[PathInfoServiceAsyncStub] = Remote(address, PathInfoServiceStub)
-
-    @property
-    def stub(self) -> PathInfoServiceAsyncStub:
-        return self._remote.stub
-
-    @property
-    def url(self) -> str:
-        return self._remote.url
-
-    async def connect(self) -> None:
-        await self._remote.connect()
+        super().__init__(address, PathInfoServiceStub)
 
     def _decoded(self, message: object) -> PathInfo:
         try:
@@ -91,6 +84,3 @@ class GrpcPathInfoService(PathInfoService):
                 f"{self.url} answered a NAR SHA-256 of {len(response.nar_sha256)} bytes"
             )
         return response.nar_size, bytes(response.nar_sha256)
-
-    async def close(self) -> None:
-        await self._remote.close()
