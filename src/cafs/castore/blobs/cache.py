@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, ChunkMeta
 from cafs.castore.blobs.chunked import ChunkedBlobReader
 from cafs.castore.digest import Digest
+from cafs.castore.near_far import NearFar
 from cafs.errors import IntegrityError, StorageError
 
 CHUNK_LISTS_KEPT = 4096
 COPY_BYTES = 1 << 20
 
 
-class CachedBlobService(BlobService):
+class CachedBlobService(NearFar[BlobService], BlobService):
     def __init__(self, near: BlobService, far: BlobService) -> None:
-        self.near = near
-        self.far = far
+        super().__init__(near, far)
         self._chunk_lists: OrderedDict[Digest, list[ChunkMeta]] = OrderedDict()
 
     async def has(self, digest: Digest) -> bool:
@@ -107,13 +107,3 @@ class CachedBlobService(BlobService):
 
     async def put_many(self, blobs: Sequence[bytes]) -> list[Digest]:
         return await self.far.put_many(blobs)
-
-    async def connect(self) -> None:
-        await self.near.connect()
-        await self.far.connect()
-
-    async def close(self) -> None:
-        try:
-            await self.near.close()
-        finally:
-            await self.far.close()

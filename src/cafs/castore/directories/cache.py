@@ -15,14 +15,11 @@ from cafs.castore.closure import RootToLeavesValidator, leaves_first
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryPutter, DirectoryService
 from cafs.castore.directory import Directory
+from cafs.castore.near_far import NearFar
 from cafs.errors import ClosureError, IntegrityError
 
 
-class CachedDirectoryService(DirectoryService):
-    def __init__(self, near: DirectoryService, far: DirectoryService) -> None:
-        self.near = near
-        self.far = far
-
+class CachedDirectoryService(NearFar[DirectoryService], DirectoryService):
     async def _fetch_closure(self, root: Digest) -> list[Directory]:
         """``root``'s closure from far, root first, now also kept near; [] if far lacks it."""
         validator = RootToLeavesValidator(root)
@@ -62,13 +59,3 @@ class CachedDirectoryService(DirectoryService):
 
     def put_multiple_start(self) -> DirectoryPutter:
         return self.far.put_multiple_start()
-
-    async def connect(self) -> None:
-        await self.near.connect()
-        await self.far.connect()
-
-    async def close(self) -> None:
-        try:
-            await self.near.close()
-        finally:
-            await self.far.close()

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from cafs.castore.near_far import NearFar
 from cafs.castore.nodes import Node
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest
 
 
-class CachePathInfoService(PathInfoService):
-    def __init__(self, near: PathInfoService, far: PathInfoService) -> None:
-        self.near = near
-        self.far = far
-
+class CachePathInfoService(NearFar[PathInfoService], PathInfoService):
     async def get(self, digest: bytes) -> PathInfo | None:
         digest = check_store_path_digest(digest)
         info = await self.near.get(digest)
@@ -41,13 +38,3 @@ class CachePathInfoService(PathInfoService):
 
     async def calculate_nar(self, node: Node) -> tuple[int, bytes] | None:
         return await self.far.calculate_nar(node)
-
-    async def connect(self) -> None:
-        await self.near.connect()
-        await self.far.connect()
-
-    async def close(self) -> None:
-        try:
-            await self.near.close()
-        finally:
-            await self.far.close()
