@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from tests.process import CAFS, store_env
 
@@ -89,6 +90,19 @@ def running_daemon(
         yield daemon
     finally:
         daemon.terminate()
+
+
+def file_services(root: Path) -> tuple[str, ...]:
+    """Service flags for a daemon storing under ``root``: chunked blobs in an object store,
+    SQLite for directories and PathInfos."""
+    return (
+        "--blob-service-addr",
+        "objectstore+file://" + quote(str(root / "objects")),
+        "--directory-service-addr",
+        "sqlite://" + quote(str(root / "directories.sqlite")),
+        "--path-info-service-addr",
+        "sqlite://" + quote(str(root / "pathinfo.sqlite")),
+    )
 
 
 MEMORY_SERVICES = (

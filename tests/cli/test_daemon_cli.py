@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -41,23 +40,19 @@ from tests.cli.test_store_cli import (
     tokens,
     write_json,
 )
-from tests.daemon import READY, Daemon, running_daemon, socket_path, spawn_daemon
+from tests.daemon import (
+    READY,
+    Daemon,
+    file_services,
+    running_daemon,
+    socket_path,
+    spawn_daemon,
+)
 from tests.process import CAFS, cafs, store_env
 
 MIB = 1024 * 1024
 FAST = 5.0
 """Seconds a refusal may take (the process start included; the connect timeout is 10 s)."""
-
-
-def file_backends(root: Path) -> tuple[str, ...]:
-    return (
-        "--blob-service-addr",
-        "objectstore+file://" + quote(str(root / "objects")),
-        "--directory-service-addr",
-        "sqlite://" + quote(str(root / "directories.sqlite")),
-        "--path-info-service-addr",
-        "sqlite://" + quote(str(root / "pathinfo.sqlite")),
-    )
 
 
 def castore_remote(url: str) -> tuple[str, ...]:
@@ -81,7 +76,7 @@ def run(*args: str, home: Path, data: bytes | None = None) -> subprocess.Complet
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the module, on a unix socket, over file backends."""
     base = tmp_path_factory.mktemp("daemon-cli")
-    with running_daemon(base / "home", socket_path(base), *file_backends(base / "store")) as d:
+    with running_daemon(base / "home", socket_path(base), *file_services(base / "store")) as d:
         yield d
 
 

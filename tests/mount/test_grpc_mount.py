@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.daemon import Daemon, running_daemon, socket_path, spawn_daemon
+from tests.daemon import Daemon, file_services, running_daemon, socket_path, spawn_daemon
 from tests.mount.conftest import expect_errno, is_mounted, mounted, mounted_store
 from tests.process import cafs
 
@@ -45,18 +45,6 @@ RECOVER_WITHIN = 30.0
 
 
 # -- what the daemon stores, and how clients reach it -----------------------------------
-
-
-def backend_args(root: Path) -> tuple[str, ...]:
-    """The daemon's backends: chunked blobs in an object store, SQLite for the rest."""
-    return (
-        "--blob-service-addr",
-        "objectstore+file://" + quote(str(root / "objects")),
-        "--directory-service-addr",
-        "sqlite://" + quote(str(root / "directories.sqlite")),
-        "--path-info-service-addr",
-        "sqlite://" + quote(str(root / "pathinfo.sqlite")),
-    )
 
 
 def remote_args(url: str, path_infos: bool = False) -> tuple[str, ...]:
@@ -125,7 +113,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     link.symlink_to("tree/bin/tool")
     backends = base / "backends"
     client = base / "client"
-    with running_daemon(base / "daemon", socket_path(base), *backend_args(backends)) as daemon:
+    with running_daemon(base / "daemon", socket_path(base), *file_services(backends)) as daemon:
         line = cafs("castore", "ingest", str(tree), *remote_args(daemon.url), home=client).stdout
         assert line.startswith(f"{tree}: directory b3:"), line
         sources = [tree, single, link]
@@ -233,7 +221,7 @@ def test_store_mount_over_a_unix_socket(served: Served, tmp_path: Path) -> None:
 
 
 def test_mount_over_tcp_with_urls_from_the_environment(served: Served, tmp_path: Path) -> None:
-    with running_daemon(tmp_path / "daemon", "127.0.0.1:0", *backend_args(served.backends)) as d:
+    with running_daemon(tmp_path / "daemon", "127.0.0.1:0", *file_services(served.backends)) as d:
         # The daemon logs the port it was given; the URL is built from it.
         host, port = d.url.removeprefix("grpc+http://").rsplit(":", 1)
         assert d.url.startswith("grpc+http://") and host == "127.0.0.1" and int(port) > 0
@@ -277,7 +265,7 @@ def test_cache_serves_what_it_kept_once_the_daemon_is_gone(served: Served, tmp_p
     """
     home = tmp_path / "home"
     with running_daemon(
-        tmp_path / "daemon", socket_path(tmp_path), *backend_args(served.backends)
+        tmp_path / "daemon", socket_path(tmp_path), *file_services(served.backends)
     ) as daemon:
         far = daemon.url
         castore_cache = (
@@ -404,7 +392,7 @@ def test_killing_the_daemon_mid_read_is_eio_and_the_mount_recovers(
     digest = line.stdout.split()[2]
 
     listen = socket_path(tmp_path)
-    daemon = spawn_daemon(tmp_path / "daemon", listen, *backend_args(served.backends))
+    daemon = spawn_daemon(tmp_path / "daemon", listen, *file_services(served.backends))
     try:
         flags = remote_args(daemon.url)
         with mounted(digest, tmp_path / "m", tmp_path / "home", *flags) as m:
@@ -433,7 +421,7 @@ def test_killing_the_daemon_mid_read_is_eio_and_the_mount_recovers(
                 expect_errno(errno.EIO, f.read, PIECE)
 
             # The daemon comes back on the same socket, over the same backends.
-            daemon = spawn_daemon(tmp_path / "daemon", listen, *backend_args(served.backends))
+            daemon = spawn_daemon(tmp_path / "daemon", listen, *file_services(served.backends))
             assert daemon.url == f"grpc+unix://{Path(listen).absolute()}"
             # Fresh opens and reads, the first ones perhaps refused while the
             # client's channel waits out its reconnect back-off (at most 2 s).
