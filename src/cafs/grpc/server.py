@@ -104,23 +104,24 @@ def _handler(
     )
 
 
+def package_names(descriptor: ServiceDescriptor) -> list[str]:
+    """The service's full name under each package: ``tvix.…`` and ``snix.…``."""
+    return [descriptor.full_name.replace("tvix.", f"{p}.", 1) for p in PACKAGES]
+
+
 def service_handlers(
     descriptor: ServiceDescriptor, servicer: object
 ) -> list[grpc.GenericRpcHandler]:
-    """Handlers for ``servicer`` under each package name (``tvix.…`` and ``snix.…``)."""
-    tvix_name = descriptor.full_name
+    """Handlers for ``servicer`` under each package name."""
     handlers = {m.name: _handler(m, getattr(servicer, m.name)) for m in descriptor.methods}
-    names = [tvix_name] + [tvix_name.replace("tvix.", f"{p}.", 1) for p in PACKAGES[1:]]
-    return [grpc.method_handlers_generic_handler(name, handlers) for name in names]
+    return [
+        grpc.method_handlers_generic_handler(name, handlers) for name in package_names(descriptor)
+    ]
 
 
 def service_names() -> list[str]:
     """Every service name the daemon answers (for health and reflection)."""
-    names = []
-    for descriptor in SERVICES:
-        for package in PACKAGES:
-            names.append(descriptor.full_name.replace("tvix.", f"{package}.", 1))
-    return names
+    return [name for descriptor in SERVICES for name in package_names(descriptor)]
 
 
 class Daemon:
