@@ -14,8 +14,8 @@ import click
 
 from cafs.config import CastoreServices
 from cafs.errors import CafsError
-from cafs.fs import DEFAULT_THREADS
 from cafs.fs.root_nodes import RootNodes
+from cafs.fuse import DEFAULT_THREADS
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -130,9 +130,10 @@ async def serve_mount(
     services: CastoreServices, roots: RootNodes, mountpoint: str, flags: MountFlags, what: str
 ) -> None:
     """Serve ``roots`` over ``services`` at ``mountpoint`` until stopped or unmounted."""
-    # Imported here: pyfuse3 and trio cost a tenth of a second that only mounts need.
-    from cafs.fs.daemon import MountOptions, serve
+    # Imported here: only mounts need the protocol.
     from cafs.fs.filesystem import Filesystem
+    from cafs.fuse.devfuse import serve
+    from cafs.fuse.mount import MountOptions
 
     fs = Filesystem(
         services.blobs,

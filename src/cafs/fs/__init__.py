@@ -1,10 +1,7 @@
-"""The read-only filesystem: a castore tree (or a Nix store) served lazily.
+"""The read-only filesystem model: a castore tree (or a Nix store) served lazily.
 
-``filesystem`` holds the model (inodes, handles, every operation and its
-errno) with no FUSE in it, so it can be tested and reused; ``fuse`` adapts it
-to pyfuse3; ``daemon`` mounts, serves and unmounts.
+``filesystem`` holds every operation and its errno, ``inodes`` the inode
+table and its lifetimes, ``attrs`` what ``stat`` shows, ``root_nodes`` where
+the names at the top come from and ``prefetch`` the read-ahead of small
+files. Nothing here knows FUSE: ``cafs.fuse`` speaks the protocol onto it.
 """
-
-# pyfuse3 worker tasks serving requests at once, unless --threads says otherwise.
-# Kept here, free of FUSE imports, so the CLI can show it without loading pyfuse3.
-DEFAULT_THREADS = 16

@@ -51,9 +51,10 @@ def root_attributes(subdirectories: int | None) -> Attributes:
 def attributes(ino: int, data: InodeData) -> Attributes:
     """A non-root inode's attributes.
 
-    A directory reports its number of entries as size and 2 + its
-    subdirectories as link count, so it must be populated first; one that
-    could not be loaded (a hole in the store) reports 0 and 2.
+    A directory reports its node's ``size`` (2 per entry plus the sizes of
+    its subdirectories, known before it is loaded, so it never changes) and
+    2 + its subdirectories as link count, so it must be populated first; one
+    that could not be loaded (a hole in the store) reports 2 links.
     """
     if isinstance(data, RegularInode):
         return Attributes(
@@ -66,12 +67,11 @@ def attributes(ino: int, data: InodeData) -> Attributes:
             time=STORE_MTIME,
         )
     if isinstance(data, DirectoryInode):
-        entries = data.entries
         return Attributes(
             ino=ino,
             mode=stat.S_IFDIR | 0o555,
             nlink=2 + data.subdirectories,
-            size=0 if entries is None else len(entries),
+            size=data.size,
             blocks=0,
             blksize=PREFERRED_IO_SIZE,
             time=STORE_MTIME,

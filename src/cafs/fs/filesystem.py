@@ -6,6 +6,10 @@ name through its parent's Directory, fetched from the DirectoryService the
 first time anything inside it is asked for. Open files hold a seekable blob
 reader each; open root listings hold their place in the provider's stream.
 
+Inodes live while the kernel holds them: ``lookup`` and each entry of a
+listing with attributes count one (``remember``), ``forget`` takes counts
+back, and an inode nobody holds is freed with what was loaded for it.
+
 Nothing here blocks the event loop: every service call is awaited, and
 requests for different inodes and handles proceed concurrently.
 """
@@ -13,10 +17,10 @@ requests for different inodes and handles proceed concurrently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from cafs.castore.blobs.base import BlobReader, BlobService, BytesBlobReader
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryService
 from cafs.castore.directory import Directory
-from cafs.castore.nodes import Node, display_name
+from cafs.castore.nodes import DirectoryNode, FileNode, Node, display_name
 from cafs.fs.attrs import Attributes, attributes, root_attributes
 from cafs.fs.inodes import (
     ROOT_INO,
@@ -35,9 +39,10 @@ from cafs.fs.inodes import (
     RegularInode,
     SymlinkInode,
 )
+from cafs.fs.prefetch import SIBLING_MAX_SIZE, SiblingPrefetch
 from cafs.fs.root_nodes import RootNodes
 
-log = logging.getLogger("cafs.fs")
+log = logging.getLogger(__name__)
 
 XATTR_DIRECTORY_DIGEST = b"user.tvix.castore.directory.digest"
 XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
@@ -47,16 +52,12 @@ NAME_MAX = 255
 PRELOAD_BATCH = 64
 """Subdirectories loaded at once when a listing needs their attributes."""
 
-SIBLING_MAX_SIZE = 64 * 1024
-"""Files up to this size are fetched with their siblings (see ``_fetch_siblings``)."""
-SIBLING_BATCH_FILES = 256
-SIBLING_BATCH_BYTES = 4 * 1024 * 1024
-BLOB_CACHE_BYTES = 32 * 1024 * 1024
-"""Fetched-ahead small blobs waiting for their open; the oldest go first."""
+ROOT_NAMES_MAX = 65536
+"""Root names remembered with their nodes (store mode: saves a PathInfo lookup)."""
 
 
 class FsError(Exception):
-    """An operation's answer is an errno; the adapter passes it to the kernel."""
+    """An operation's answer is an errno; the protocol layer passes it to the kernel."""
 
     def __init__(self, code: int, message: str = "") -> None:
         super().__init__(message or os.strerror(code))
@@ -66,9 +67,13 @@ class FsError(Exception):
 @dataclass(frozen=True, slots=True)
 class DirEntry:
     name: bytes
-    attrs: Attributes
+    ino: int
+    kind: int
+    """The ``S_IFMT`` bits of the entry's mode (its ``d_type``)."""
     next_offset: int
     """The offset a later readdir passes to resume after this entry."""
+    attrs: Attributes | None
+    """Given only to listings that asked for attributes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +92,8 @@ class _RootListing:
     and the stream is pulled only as far as readers ask.
     """
 
-    stream: AsyncGenerator[tuple[bytes, int], None]
-    seen: list[tuple[bytes, int]] = field(default_factory=list)
+    stream: AsyncGenerator[tuple[bytes, Node], None]
+    seen: list[tuple[bytes, Node]] = field(default_factory=list)
     exhausted: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -114,6 +119,14 @@ class _FileHandle:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def _kind(node: Node) -> int:
+    if isinstance(node, DirectoryNode):
+        return stat.S_IFDIR
+    if isinstance(node, FileNode):
+        return stat.S_IFREG
+    return stat.S_IFLNK
+
+
 class Filesystem:
     """A read-only view of castore content under a root provider."""
 
@@ -132,17 +145,39 @@ class Filesystem:
         self.list_root = list_root
         self.show_xattr = show_xattr
         self.inodes = InodeTracker()
-        self._root_names: dict[bytes, int] = {}
+        self.prefetch = SiblingPrefetch(blobs)
+        self._root_names: OrderedDict[bytes, Node] = OrderedDict()
         self._loading: dict[int, asyncio.Future[DirectoryInode]] = {}
-        self._present: set[Digest] = set()
         self._parent_hint: dict[int, int] = {}
-        self._ahead: OrderedDict[Digest, bytes] = OrderedDict()
-        self._ahead_bytes = 0
-        self._in_flight: dict[Digest, asyncio.Future[dict[Digest, bytes]]] = {}
         self._dir_handles: dict[int, _DirHandle] = {}
         self._file_handles: dict[int, _FileHandle] = {}
         self._next_dir_handle = 1
         self._next_file_handle = 1
+
+    @property
+    def root_listing_grows(self) -> bool:
+        """Whether a root listing may differ from one open to the next."""
+        return self.list_root and not self.root_nodes.fixed
+
+    def names_are_fixed(self, parent: int) -> bool:
+        """Whether a name missing from ``parent`` stays missing (so may be cached)."""
+        return parent != ROOT_INO or self.root_nodes.fixed
+
+    # -- inode lifetime --------------------------------------------------------
+
+    def remember(self, ino: int) -> None:
+        """The kernel was given ``ino`` once more (an entry with attributes)."""
+        if ino != ROOT_INO:
+            self.inodes.remember(ino)
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped ``count`` references to ``ino``."""
+        if ino != ROOT_INO and self.inodes.forget(ino, count):
+            self._freed(ino)
+
+    def _freed(self, ino: int) -> None:
+        self._parent_hint.pop(ino, None)
+        log.debug("ino=%d: freed", ino)
 
     # -- inodes and directories --------------------------------------------
 
@@ -179,9 +214,9 @@ class Filesystem:
         if directory is None:
             log.warning("ino=%d directory=%s: not in the directory service", ino, data.digest)
             raise FsError(errno.EIO, f"directory {data.digest} is missing")
-        populated = self.inodes.populate(ino, directory)
+        data.populate(directory)
         log.debug("ino=%d directory=%s: populated, %d entries", ino, data.digest, len(directory))
-        return populated
+        return data
 
     async def _preload(self, inos: Iterable[int]) -> None:
         """Load the directories among ``inos`` so their attributes are complete.
@@ -199,11 +234,31 @@ class Filesystem:
             batch = wanted[start : start + PRELOAD_BATCH]
             await asyncio.gather(*(self._populated(ino) for ino in batch), return_exceptions=True)
 
-    async def _attributes(self, ino: int) -> Attributes:
+    def _entry_attributes(self, node: Node, loaded: InodeData | None = None) -> Attributes:
+        """Attributes of ``node``'s inode, resolved now (after any wait).
+
+        The inode is looked up (or allocated) at the last moment, with no
+        wait between it and the reply, so a FORGET cannot free it in between.
+        A directory loaded for these attributes whose inode was freed
+        meanwhile lends its loaded data to the new one.
+        """
+        ino = self.inodes.put(node)
+        data = self._data(ino)
+        if (
+            isinstance(data, DirectoryInode)
+            and not data.populated
+            and isinstance(loaded, DirectoryInode)
+            and loaded.directory is not None
+        ):
+            data.populate(loaded.directory)
+        return attributes(ino, data)
+
+    async def _node_attributes(self, node: Node) -> Attributes:
+        ino = self.inodes.put(node)
         data = self._data(ino)
         if isinstance(data, DirectoryInode) and not data.populated:
             await self._preload([ino])
-        return attributes(ino, data)
+        return self._entry_attributes(node, data)
 
     def _root_attributes(self) -> Attributes:
         return root_attributes(self.root_nodes.subdirectories)
@@ -213,23 +268,31 @@ class Filesystem:
     async def getattr(self, ino: int) -> Attributes:
         if ino == ROOT_INO:
             return self._root_attributes()
-        return await self._attributes(ino)
+        data = self._data(ino)
+        if isinstance(data, DirectoryInode) and not data.populated:
+            await self._preload([ino])
+        return attributes(ino, data)
 
     async def lookup(self, parent: int, name: bytes) -> Attributes:
+        """The entry ``name`` in ``parent``; the kernel holds one more count on it."""
         if parent == ROOT_INO:
-            ino = await self._root_lookup(name)
+            node = await self._root_lookup(name)
         else:
             directory = await self._populated(parent)
-            found = directory.index.get(name)
+            found = directory.child(name)
             if found is None:
                 raise FsError(errno.ENOENT)
-            ino = found
-            self._parent_hint.setdefault(ino, parent)
-        return await self._attributes(ino)
+            node = found
+        attrs = await self._node_attributes(node)
+        self.inodes.remember(attrs.ino)
+        if parent != ROOT_INO:
+            self._parent_hint.setdefault(attrs.ino, parent)
+        return attrs
 
-    async def _root_lookup(self, name: bytes) -> int:
+    async def _root_lookup(self, name: bytes) -> Node:
         known = self._root_names.get(name)
         if known is not None:
+            self._root_names.move_to_end(name)
             return known
         if not name or len(name) > NAME_MAX or b"/" in name:
             raise FsError(errno.ENOENT)
@@ -240,76 +303,121 @@ class Filesystem:
             raise FsError(errno.EIO, str(exc)) from exc
         if node is None:
             raise FsError(errno.ENOENT)
-        return self._root_ino(name, node)
+        return self._root_node(name, node)
 
-    def _root_ino(self, name: bytes, node: Node) -> int:
-        """The inode of root entry ``name``; the first node given for a name stays."""
-        ino = self._root_names.get(name)
-        if ino is None:
-            ino = self._root_names[name] = self.inodes.put(node)
-        return ino
+    def _root_node(self, name: bytes, node: Node) -> Node:
+        """The node of root entry ``name``; the first node given for a name stays."""
+        known = self._root_names.setdefault(name, node)
+        if len(self._root_names) > ROOT_NAMES_MAX:
+            self._root_names.popitem(last=False)
+        return known
 
     # -- directory listings ----------------------------------------------------
 
     async def opendir(self, ino: int) -> int:
         if ino == ROOT_INO:
-            if not self.list_root:
-                raise FsError(errno.EPERM, "listing the root is off (see --list-root)")
+            self._check_root_listing()
             listing: _RootListing | None = _RootListing(self._root_stream())
         else:
             await self._populated(ino)
             listing = None
+            self.inodes.opened(ino)
         fh = self._next_dir_handle
         self._next_dir_handle += 1
         self._dir_handles[fh] = _DirHandle(ino, listing)
         log.debug("opendir ino=%d fh=%d", ino, fh)
         return fh
 
-    async def _root_stream(self) -> AsyncGenerator[tuple[bytes, int], None]:
-        async for name, node in self.root_nodes.list():
-            yield name, self._root_ino(name, node)
+    def _check_root_listing(self) -> None:
+        if not self.list_root:
+            raise FsError(errno.EPERM, "listing the root is off (see --list-root)")
 
-    async def readdir(self, fh: int, offset: int) -> AsyncGenerator[DirEntry, None]:
+    async def _root_stream(self) -> AsyncGenerator[tuple[bytes, Node], None]:
+        try:
+            async for name, node in self.root_nodes.list():
+                yield name, self._root_node(name, node)
+        except Exception as exc:
+            log.warning("root listing failed: %s", exc)
+            raise FsError(errno.EIO, str(exc)) from exc
+
+    async def readdir(
+        self, ino: int, fh: int | None, offset: int, *, plus: bool = True
+    ) -> AsyncGenerator[DirEntry, None]:
         """Entries from ``offset`` on; stop pulling whenever the caller is full.
 
+        ``fh`` is the handle ``opendir`` gave, or None where the kernel opens
+        directories without asking (then the listing is the inode's own).
         Offsets are positions in a listing that never changes under its
         handle, so an entry that did not fit is given again from its offset.
+        With ``plus``, entries carry their attributes (subdirectories are
+        loaded for their link counts); the caller must ``remember``
+        each entry it passes on. Without, only names, inode numbers and kinds.
         """
-        handle = self._dir_handles.get(fh)
-        if handle is None:
-            log.warning("readdir fh=%d: unknown directory handle", fh)
-            raise FsError(errno.EIO)
-        if handle.root_listing is not None:
-            async for entry in self._read_root_listing(handle.root_listing, offset):
-                yield entry
+        if fh is not None:
+            handle = self._dir_handles.get(fh)
+            if handle is None:
+                log.warning("readdir fh=%d: unknown directory handle", fh)
+                raise FsError(errno.EIO)
+            ino = handle.ino
+            if handle.root_listing is not None:
+                async for entry in self._read_root_listing(handle.root_listing, offset, plus):
+                    yield entry
+                return
+        elif ino == ROOT_INO:
+            self._check_root_listing()
+            listing = _RootListing(self._root_stream())
+            try:
+                async for entry in self._read_root_listing(listing, offset, plus):
+                    yield entry
+            finally:
+                await listing.stream.aclose()
             return
-        directory = await self._populated(handle.ino)
+        directory = await self._populated(ino)
         entries = directory.entries
         assert entries is not None
+        async for entry in self._entries(entries, offset, plus, parent=ino):
+            yield entry
+
+    async def _entries(
+        self, entries: list[tuple[bytes, Node]], offset: int, plus: bool, parent: int
+    ) -> AsyncGenerator[DirEntry, None]:
         position = offset
         while position < len(entries):
             batch = entries[position : position + PRELOAD_BATCH]
-            await self._preload(ino for _, ino in batch)
-            for name, ino in batch:
+            loaded: list[InodeData | None] = [None] * len(batch)
+            if plus:
+                inos = [self.inodes.put(node) for _, node in batch]
+                await self._preload(inos)
+                loaded = [self.inodes.get(ino) for ino in inos]
+            for (name, node), data in zip(batch, loaded, strict=True):
                 position += 1
-                self._parent_hint.setdefault(ino, handle.ino)
-                yield DirEntry(name, attributes(ino, self._data(ino)), position)
+                if plus:
+                    attrs: Attributes | None = self._entry_attributes(node, data)
+                    assert attrs is not None
+                    ino = attrs.ino
+                    if parent != ROOT_INO:
+                        self._parent_hint.setdefault(ino, parent)
+                else:
+                    attrs = None
+                    ino = self.inodes.put(node)
+                yield DirEntry(name, ino, _kind(node), position, attrs)
 
     async def _read_root_listing(
-        self, listing: _RootListing, offset: int
+        self, listing: _RootListing, offset: int, plus: bool
     ) -> AsyncGenerator[DirEntry, None]:
         position = offset
         while True:
             async with listing.lock:
-                if position >= len(listing.seen) and not listing.exhausted:
+                while position >= len(listing.seen) and not listing.exhausted:
                     await self._pull_root(listing)
                 if position >= len(listing.seen):
                     return
                 batch = listing.seen[position:]
-            await self._preload(ino for _, ino in batch)
-            for name, ino in batch:
-                position += 1
-                yield DirEntry(name, attributes(ino, self._data(ino)), position)
+            async for entry in self._entries(batch, 0, plus, parent=ROOT_INO):
+                yield DirEntry(
+                    entry.name, entry.ino, entry.kind, position + entry.next_offset, entry.attrs
+                )
+            position += len(batch)
 
     async def _pull_root(self, listing: _RootListing) -> None:
         """Take the next batch of the provider's stream into the listing."""
@@ -318,9 +426,6 @@ class Filesystem:
                 listing.seen.append(await anext(listing.stream))
         except StopAsyncIteration:
             listing.exhausted = True
-        except Exception as exc:
-            log.warning("root listing failed: %s", exc)
-            raise FsError(errno.EIO, str(exc)) from exc
 
     async def releasedir(self, fh: int) -> None:
         handle = self._dir_handles.pop(fh, None)
@@ -328,51 +433,47 @@ class Filesystem:
             log.warning("releasedir fh=%d: unknown directory handle", fh)
         elif handle.root_listing is not None:
             await handle.root_listing.stream.aclose()
+        elif self.inodes.closed(handle.ino):
+            self._freed(handle.ino)
 
     # -- files -------------------------------------------------------------------
 
     async def open(self, ino: int, flags: int) -> int:
         if ino == ROOT_INO:
-            raise FsError(errno.ENOSYS)
+            raise FsError(errno.EISDIR)
         data = self._data(ino)
         if not isinstance(data, RegularInode):
             raise FsError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise FsError(errno.EROFS)
         reader = None
-        if data.digest not in self._present:
+        if data.digest not in self.prefetch.present:
             # First open of this blob: open the reader now (one fetch answers
             # both "is it there" and the read that usually follows).
             reader = await self._first_reader(ino, data)
-            # Blobs are never taken back: once seen, a digest needs no check.
-            self._present.add(data.digest)
+            self.prefetch.present.add(data.digest)
         fh = self._next_file_handle
         self._next_file_handle += 1
         self._file_handles[fh] = _FileHandle(ino, data, reader)
+        self.inodes.opened(ino)
         log.debug("open ino=%d fh=%d blob=%s", ino, fh, data.digest)
         return fh
 
-    def _take_ahead(self, digest: Digest) -> bytes | None:
-        fetched = self._ahead.pop(digest, None)
-        if fetched is not None:
-            self._ahead_bytes -= len(fetched)
-        return fetched
-
     async def _first_reader(self, ino: int, data: RegularInode) -> BlobReader:
-        fetched = self._take_ahead(data.digest)
+        fetched = self.prefetch.take(data.digest)
+        if fetched is None and self.prefetch.in_flight(data.digest):
+            fetched = await self.prefetch.wait(data.digest)
+        elif fetched is None:
+            self._fetch_siblings(ino, data)
         if fetched is not None:
             return BytesBlobReader(fetched)
-        pending = self._in_flight.get(data.digest)
-        if pending is not None:
-            # Fetched with its siblings: wait for the batch (kept on arrival).
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pending)
-            fetched = self._take_ahead(data.digest)
-            if fetched is not None:
-                return BytesBlobReader(fetched)
-        else:
-            self._fetch_siblings(ino)
         return await self._open_blob("open", ino, data.digest)
+
+    def _fetch_siblings(self, ino: int, data: RegularInode) -> None:
+        parent = self._parent_hint.get(ino)
+        directory = self.inodes.get(parent) if parent is not None else None
+        if isinstance(directory, DirectoryInode) and directory.entries is not None:
+            self.prefetch.fetch_after(directory.entries, data.digest)
 
     async def _open_blob(self, operation: str, ino: int, digest: Digest) -> BlobReader:
         """A reader over ``digest``; EIO (logged) if the store lacks it or fails."""
@@ -386,68 +487,11 @@ class Filesystem:
             raise FsError(errno.EIO, f"blob {digest} is missing")
         return reader
 
-    def _fetch_siblings(self, ino: int) -> None:
-        """Start fetching the small files after ``ino`` in its directory, in one batch.
-
-        A program that opens one file of a directory usually opens its
-        neighbours next (a build, a walk that reads). Each fetch costs a
-        round trip to the store (a thread hop, a network request), so the
-        neighbours' blobs are fetched together in the background, and their
-        opens find them ready. Files already fetched or on their way are
-        skipped, so a directory read in order costs one batch per
-        ``SIBLING_BATCH_FILES`` files.
-        """
-        parent = self._parent_hint.get(ino)
-        directory = self.inodes.get(parent) if parent is not None else None
-        if not isinstance(directory, DirectoryInode) or directory.entries is None:
-            return
-        entries = directory.entries
-        start = next((i for i, (_, child) in enumerate(entries) if child == ino), 0)
-        wanted: list[Digest] = []
-        total = 0
-        for _, child in entries[start + 1 :] + entries[:start]:
-            data = self.inodes.get(child)
-            if (
-                not isinstance(data, RegularInode)
-                or data.size > SIBLING_MAX_SIZE
-                or data.digest in self._present
-                or data.digest in self._ahead
-                or data.digest in self._in_flight
-            ):
-                continue
-            wanted.append(data.digest)
-            total += data.size
-            if len(wanted) == SIBLING_BATCH_FILES or total >= SIBLING_BATCH_BYTES:
-                break
-        if not wanted:
-            return
-        batch = asyncio.ensure_future(self.blobs.read_many(wanted))
-        for digest in wanted:
-            self._in_flight[digest] = batch
-        batch.add_done_callback(lambda done: self._keep_fetched(wanted, done))
-
-    def _keep_fetched(
-        self, wanted: list[Digest], done: asyncio.Future[dict[Digest, bytes]]
-    ) -> None:
-        for digest in wanted:
-            self._in_flight.pop(digest, None)
-        if done.cancelled() or done.exception() is not None:
-            log.debug("fetching ahead failed: %s", None if done.cancelled() else done.exception())
-            return
-        for digest, data in done.result().items():
-            if digest in self._present or digest in self._ahead:
-                continue
-            self._ahead[digest] = data
-            self._ahead_bytes += len(data)
-        while self._ahead_bytes > BLOB_CACHE_BYTES:
-            _, dropped = self._ahead.popitem(last=False)
-            self._ahead_bytes -= len(dropped)
-
     def contents_at_hand(self, fh: int) -> bytes | None:
         """A small file's whole contents, when its open already fetched them.
 
-        The adapter hands these to the kernel's page cache with the open, so
-        the read that follows needs no round trip.
+        The protocol layer hands these to the kernel's page cache with the
+        open, so the read that follows needs no round trip.
         """
         handle = self._file_handles.get(fh)
         if handle is None or not isinstance(handle.reader, BytesBlobReader):
@@ -491,12 +535,15 @@ class Filesystem:
         handle = self._file_handles.pop(fh, None)
         if handle is None:
             log.warning("release fh=%d: unknown file handle", fh)
-        elif handle.reader is not None:
+            return
+        if self.inodes.closed(handle.ino):
+            self._freed(handle.ino)
+        if handle.reader is not None:
             await handle.reader.close()
 
     async def readlink(self, ino: int) -> bytes:
         if ino == ROOT_INO:
-            raise FsError(errno.ENOSYS)
+            raise FsError(errno.EINVAL)
         data = self._data(ino)
         if not isinstance(data, SymlinkInode):
             raise FsError(errno.EINVAL)
@@ -507,7 +554,7 @@ class Filesystem:
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         """The digest behind an inode, as ``b3:<base64>``.
 
-        Size probing and ERANGE are the adapter's (and the kernel's) part.
+        Size probing and ERANGE are the protocol layer's (and the kernel's) part.
         """
         if not self.show_xattr:
             raise FsError(errno.ENOSYS)
@@ -534,6 +581,14 @@ class Filesystem:
         if isinstance(data, RegularInode):
             return [XATTR_BLOB_DIGEST]
         return []
+
+    async def access(self, ino: int, mask: int) -> None:
+        """``access(2)``: writes are refused, execute needs an execute bit."""
+        mode = (await self.getattr(ino)).mode
+        if mask & os.W_OK:
+            raise FsError(errno.EROFS)
+        if mask & os.X_OK and not mode & 0o111:
+            raise FsError(errno.EACCES)
 
     def statfs(self) -> StatFs:
         return StatFs(block_size=4096, blocks=0, files=len(self.inodes) + 1, name_max=NAME_MAX)

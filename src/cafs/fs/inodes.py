@@ -1,16 +1,24 @@
-"""What an inode stands for, and the table that hands inode numbers out.
+"""What an inode stands for, and the table that hands inode numbers out and takes them back.
 
 Inodes are keyed by content, not by path: every file with the same blob and
 executable bit, every symlink with the same target and every directory with
 the same digest share one inode, wherever they appear. The Merkle structure is
 a DAG, so numbers cannot be reserved per directory; they are handed out in the
-order nodes are first met. Inodes are never freed: the content behind them is
-immutable, and the kernel may ask about any number it was once given.
+order nodes are first met, and never reused.
+
+An inode lives while the kernel holds it: each entry given to the kernel (a
+lookup, a readdirplus entry) counts one, FORGET takes counts back, and an open
+handle keeps it too. When both reach zero the inode and its data are freed.
+Numbers that were handed out without a count (the ``d_ino`` of a plain
+listing, a subdirectory loaded for its parent's link counts) are kept in a
+bounded pool, oldest first out, so a walk that never looks anything up does
+not grow the table either.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
@@ -18,6 +26,9 @@ from cafs.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
 ROOT_INO = 1
 """The mount root (FUSE's fixed root id); never stored in the tracker."""
+
+UNCOUNTED_MAX = 65536
+"""Inodes kept that the kernel holds no count on (see the module's docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +47,31 @@ class SymlinkInode:
 class DirectoryInode:
     """A directory, sparse (digest and size only) until its Directory is loaded.
 
-    Once populated, ``entries`` lists (name, inode) in name order and
-    ``index`` finds an entry by name; both never change again.
+    Once populated, ``entries`` lists (name, node) in name order; it never
+    changes again. Children are kept as nodes, not inode numbers: a child's
+    inode may be forgotten and allocated anew while its parent lives.
     """
 
     digest: Digest
     size: int
-    entries: list[tuple[bytes, int]] | None = None
-    index: dict[bytes, int] = field(default_factory=dict)
+    entries: list[tuple[bytes, Node]] | None = None
+    directory: Directory | None = None
     subdirectories: int = 0
 
     @property
     def populated(self) -> bool:
         return self.entries is not None
+
+    def child(self, name: bytes) -> Node | None:
+        assert self.directory is not None
+        return self.directory.get(name)
+
+    def populate(self, directory: Directory) -> None:
+        """Fill in the loaded Directory (once; a later call changes nothing)."""
+        if self.entries is None:
+            self.directory = directory
+            self.subdirectories = sum(1 for _ in directory.directories())
+            self.entries = list(directory)
 
 
 InodeData = RegularInode | SymlinkInode | DirectoryInode
@@ -74,43 +97,86 @@ def _content_key(node: Node) -> tuple[object, ...]:
 
 
 class InodeTracker:
-    """Inode numbers ↔ inode data, with content-equal nodes sharing a number."""
+    """Inode numbers ↔ inode data, content-equal nodes sharing a number while it lives."""
 
-    def __init__(self) -> None:
+    def __init__(self, uncounted_max: int = UNCOUNTED_MAX) -> None:
         self._next = ROOT_INO + 1
         self._data: dict[int, InodeData] = {}
+        self._keys: dict[int, tuple[object, ...]] = {}
         self._by_key: dict[tuple[object, ...], int] = {}
+        self._lookups: dict[int, int] = {}
+        self._opens: dict[int, int] = {}
+        self._uncounted: OrderedDict[int, None] = OrderedDict()
+        self._uncounted_max = uncounted_max
 
     def __len__(self) -> int:
         return len(self._data)
+
+    @property
+    def held(self) -> int:
+        """Inodes the kernel holds a count on or has open."""
+        return len(self._data) - len(self._uncounted)
 
     def get(self, ino: int) -> InodeData | None:
         return self._data.get(ino)
 
     def put(self, node: Node) -> int:
-        """The inode of ``node``'s content, allocated on first sight."""
+        """The inode of ``node``'s content, allocated on first sight (uncounted)."""
         key = _content_key(node)
         ino = self._by_key.get(key)
         if ino is None:
             ino = self._next
             self._next += 1
             self._by_key[key] = ino
+            self._keys[ino] = key
             self._data[ino] = inode_data_for(node)
+            self._uncounted[ino] = None
+            if len(self._uncounted) > self._uncounted_max:
+                oldest, _ = self._uncounted.popitem(last=False)
+                self._free(oldest)
         return ino
 
-    def populate(self, ino: int, directory: Directory) -> DirectoryInode:
-        """Turn a sparse directory inode into a populated one (once).
+    def lookup_count(self, ino: int) -> int:
+        return self._lookups.get(ino, 0)
 
-        Allocates inodes for every child; a second call for the same inode
-        returns the data populated by the first.
-        """
-        data = self._data.get(ino)
-        if not isinstance(data, DirectoryInode):
-            raise KeyError(f"inode {ino} is not a directory")
-        if data.entries is not None:
-            return data
-        entries = [(name, self.put(child)) for name, child in directory]
-        data.index = dict(entries)
-        data.subdirectories = sum(1 for _ in directory.directories())
-        data.entries = entries
-        return data
+    def remember(self, ino: int, count: int = 1) -> None:
+        """The kernel was given ``ino`` ``count`` more times."""
+        if ino not in self._data:
+            return
+        self._lookups[ino] = self._lookups.get(ino, 0) + count
+        self._uncounted.pop(ino, None)
+
+    def forget(self, ino: int, count: int) -> bool:
+        """The kernel dropped ``count`` of its references; True if the inode was freed."""
+        left = self._lookups.get(ino, 0) - count
+        if left > 0:
+            self._lookups[ino] = left
+            return False
+        self._lookups.pop(ino, None)
+        if self._opens.get(ino) or ino not in self._data:
+            return False
+        self._free(ino)
+        return True
+
+    def opened(self, ino: int) -> None:
+        self._opens[ino] = self._opens.get(ino, 0) + 1
+        self._uncounted.pop(ino, None)
+
+    def closed(self, ino: int) -> bool:
+        """A handle on ``ino`` was released; True if that freed the inode."""
+        left = self._opens.get(ino, 0) - 1
+        if left > 0:
+            self._opens[ino] = left
+            return False
+        self._opens.pop(ino, None)
+        if self._lookups.get(ino) or ino not in self._data:
+            return False
+        self._free(ino)
+        return True
+
+    def _free(self, ino: int) -> None:
+        self._data.pop(ino, None)
+        self._uncounted.pop(ino, None)
+        key = self._keys.pop(ino, None)
+        if key is not None and self._by_key.get(key) == ino:
+            del self._by_key[key]

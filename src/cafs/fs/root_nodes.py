@@ -35,6 +35,11 @@ class RootNodes(Protocol):
         """How many root entries are directories, where cheaply known."""
         ...
 
+    @property
+    def fixed(self) -> bool:
+        """Whether the root's names never change, so the kernel may cache their absence."""
+        ...
+
 
 class DirectoryRootNodes:
     """The castore mode: the root is one Directory, known by digest."""
@@ -53,6 +58,10 @@ class DirectoryRootNodes:
     @property
     def root_digest(self) -> Digest | None:
         return self._digest
+
+    @property
+    def fixed(self) -> bool:
+        return True
 
     @property
     def subdirectories(self) -> int | None:

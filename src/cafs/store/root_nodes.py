@@ -43,3 +43,7 @@ class PathInfoRootNodes:
     @property
     def subdirectories(self) -> int | None:
         return None
+
+    @property
+    def fixed(self) -> bool:
+        return False  # paths are added while the mount runs
