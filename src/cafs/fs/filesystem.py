@@ -161,7 +161,9 @@ class Filesystem:
 
     def names_are_fixed(self, parent: int) -> bool:
         """Whether a name missing from ``parent`` stays missing (so may be cached)."""
-        return parent != ROOT_INO or self.root_nodes.fixed
+        if parent == ROOT_INO:
+            return self.root_nodes.fixed
+        return self.inodes.get(parent) is not None
 
     # -- inode lifetime --------------------------------------------------------
 

@@ -160,6 +160,7 @@ async def serve(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signum)
+    loop.add_signal_handler(signal.SIGUSR1, log_status, session)
     try:
         channel.start(session)
         ready = asyncio.ensure_future(channel.initialized)
@@ -174,10 +175,32 @@ async def serve(
             ready.cancel()
         await closed
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         await channel.close()
         await session.close()
         await fs.close()
         unmount(mounted)
         log.info("unmounted %s", mountpoint)
+
+
+def log_status(session: Session) -> None:
+    """SIGUSR1: one line of what the mount was asked and how many inodes it holds."""
+    counts = " ".join(
+        f"{_opcode_name(opcode)}={count}" for opcode, count in sorted(session.counts.items())
+    )
+    inodes = session.fs.inodes
+    log.info(
+        "status: inodes held=%d known=%d in_flight=%d requests: %s",
+        inodes.held,
+        len(inodes),
+        session.in_flight,
+        counts or "none",
+    )
+
+
+def _opcode_name(opcode: int) -> str:
+    try:
+        return abi.Opcode(opcode).name
+    except ValueError:
+        return str(opcode)

@@ -195,6 +195,8 @@ class Session:
         self.counts: dict[int, int] = {}
         """Requests seen, by opcode (what a warm walk costs is a count here)."""
         self._pending: dict[int, asyncio.Task[Reply | None]] = {}
+        self._started: set[int] = set()
+        self._interrupted: set[int] = set()
         self._zero_opendir = self.options.zero_message_opendir and not fs.root_listing_grows
 
     @property
@@ -266,7 +268,13 @@ class Session:
         return reply_error(request.unique, errno.ENOSYS)
 
     async def _run(self, request: Request, work: Coroutine[Any, Any, Reply | None]) -> Reply | None:
+        unique = request.unique
+        self._started.add(unique)
         try:
+            if unique in self._interrupted:
+                # Interrupted before it ran: answered all the same.
+                work.close()
+                raise asyncio.CancelledError
             return await work
         except FsError as exc:
             return reply_error(request.unique, exc.errno)
@@ -284,6 +292,9 @@ class Session:
                 request.nodeid,
             )
             return reply_error(request.unique, errno.EIO)
+        finally:
+            self._started.discard(unique)
+            self._interrupted.discard(unique)
 
     # -- the connection ----------------------------------------------------------
 
@@ -299,7 +310,7 @@ class Session:
             )
             return reply_ok(
                 request.unique,
-                abi.init_out.pack(abi.KERNEL_VERSION, abi.KERNEL_MINOR_VERSION, *[0] * 25),
+                abi.init_out.pack(abi.KERNEL_VERSION, abi.KERNEL_MINOR_VERSION, *[0] * 22),
             )
         if major < abi.KERNEL_VERSION or minor < abi.MINIMUM_MINOR_VERSION:
             self.refused = ProtocolError(
@@ -347,9 +358,14 @@ class Session:
     def _interrupt(self, request: Request) -> None:
         (target,) = request.args(abi.interrupt_in)
         task = self._pending.get(target)
-        if task is not None:
-            log.debug("INTERRUPT of unique=%d", target)
+        if task is None:
+            return
+        log.debug("INTERRUPT of unique=%d", target)
+        if target in self._started:
             task.cancel()
+        else:
+            # Cancelling a task before it starts would skip its reply.
+            self._interrupted.add(target)
 
     def _forget(self, request: Request) -> None:
         (count,) = request.args(abi.forget_in)
