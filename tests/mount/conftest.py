@@ -61,6 +61,17 @@ class Mount:
         return self.process.wait(timeout=timeout)
 
 
+def wait_mounted(mount: Mount) -> None:
+    """Until ``mount`` is in the mount table; fails if its daemon exits or takes too long."""
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not is_mounted(mount.path):
+        if mount.process.poll() is not None:
+            raise AssertionError(f"cafs exited with {mount.process.returncode}: {mount.stderr()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not mounted after {MOUNT_TIMEOUT}s: {mount.stderr()}")
+        time.sleep(0.05)
+
+
 def mounted(
     digest: str,
     mountpoint: Path,
@@ -112,13 +123,7 @@ def mounted_command(
         )
     mount = Mount(mountpoint, process, log)
     try:
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_mounted(mountpoint):
-            if process.poll() is not None:
-                raise AssertionError(f"cafs exited with {process.returncode}: {mount.stderr()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not mounted after {MOUNT_TIMEOUT}s: {mount.stderr()}")
-            time.sleep(0.05)
+        wait_mounted(mount)
         os.stat(mountpoint)  # the first request is answered: the mount is live
         yield mount
     finally:

@@ -30,6 +30,7 @@ from tests.mount.conftest import (
     is_mounted,
     mounted,
     require_fuse,
+    wait_mounted,
 )
 from tests.process import CAFS, store_env
 
@@ -244,13 +245,8 @@ def _mounted_as_nobody(tmp_path: Path, *flags: str) -> Iterator[tuple[Path, Path
             stderr=err,
         )
     try:
+        wait_mounted(Mount(mountpoint, process, log))
         deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_mounted(mountpoint):
-            if process.poll() is not None:
-                raise AssertionError(f"cafs exited with {process.returncode}: {log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not mounted after {MOUNT_TIMEOUT}s: {log.read_text()}")
-            time.sleep(0.05)
         while "serving" not in log.read_text():
             if time.monotonic() > deadline:
                 raise AssertionError(f"never served: {log.read_text()}")

@@ -148,15 +148,7 @@ class InodeTracker:
 
     def forget(self, ino: int, count: int) -> bool:
         """The kernel dropped ``count`` of its references; True if the inode was freed."""
-        left = self._lookups.get(ino, 0) - count
-        if left > 0:
-            self._lookups[ino] = left
-            return False
-        self._lookups.pop(ino, None)
-        if self._opens.get(ino) or ino not in self._data:
-            return False
-        self._free(ino)
-        return True
+        return self._drop(self._lookups, self._opens, ino, count)
 
     def opened(self, ino: int) -> None:
         self._opens[ino] = self._opens.get(ino, 0) + 1
@@ -164,12 +156,16 @@ class InodeTracker:
 
     def closed(self, ino: int) -> bool:
         """A handle on ``ino`` was released; True if that freed the inode."""
-        left = self._opens.get(ino, 0) - 1
+        return self._drop(self._opens, self._lookups, ino, 1)
+
+    def _drop(self, counts: dict[int, int], others: dict[int, int], ino: int, n: int) -> bool:
+        """Take ``n`` from one of an inode's counts; free it when neither is left."""
+        left = counts.get(ino, 0) - n
         if left > 0:
-            self._opens[ino] = left
+            counts[ino] = left
             return False
-        self._opens.pop(ino, None)
-        if self._lookups.get(ino) or ino not in self._data:
+        counts.pop(ino, None)
+        if others.get(ino) or ino not in self._data:
             return False
         self._free(ino)
         return True
