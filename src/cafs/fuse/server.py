@@ -103,6 +103,8 @@ class SessionOptions:
 class Request:
     """One decoded request header and its arguments (the bytes after the header)."""
 
+    length: int
+    """The request's length as its header gives it."""
     opcode: int
     unique: int
     nodeid: int
@@ -131,7 +133,7 @@ def parse_header(request: Buffer) -> Request:
         raise ValueError(f"a request of {len(request)} bytes is shorter than its header")
     length, opcode, unique, nodeid, uid, gid, pid, _, _ = abi.in_header.unpack_from(request)
     view = memoryview(request)
-    return Request(opcode, unique, nodeid, uid, gid, pid, view[abi.in_header.size : length])
+    return Request(length, opcode, unique, nodeid, uid, gid, pid, view[abi.in_header.size : length])
 
 
 def reply_error(unique: int, code: int) -> Reply:
@@ -213,13 +215,12 @@ class Session:
             log.warning("request dropped: %s", exc)
             return None
         self.counts[header.opcode] = self.counts.get(header.opcode, 0) + 1
-        length = abi.in_header.unpack_from(request)[0]
-        if length != len(request):
+        if header.length != len(request):
             log.warning(
                 "request unique=%d opcode=%d: length %d in its header, %d received",
                 header.unique,
                 header.opcode,
-                length,
+                header.length,
                 len(request),
             )
             return reply_error(header.unique, errno.EINVAL)
