@@ -15,9 +15,10 @@ from cafs.cli.common import (
     CommandError,
     MountFlags,
     castore_service_options,
-    fuse_mount_options,
+    filesystem_options,
     run_async,
     serve_mount,
+    serve_virtiofs,
     with_services,
 )
 from cafs.config import CastoreServices
@@ -131,7 +132,7 @@ async def castore_ls(
 @castore.command("mount")
 @click.argument("digest")
 @click.argument("mountpoint", type=click.Path(path_type=str))
-@fuse_mount_options(list_root_default=True)
+@filesystem_options(list_root_default=True)
 @castore_service_options
 @run_async
 async def castore_mount(
@@ -152,6 +153,34 @@ async def castore_mount(
         flags = MountFlags(list_root, show_xattr, allow_other, threads)
         await serve_mount(
             services, DirectoryRootNodes(root), mountpoint, flags, f"directory {wanted}"
+        )
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+@castore.command("virtiofs")
+@click.argument("digest")
+@click.argument("socket_path", metavar="SOCKET", type=click.Path(path_type=str))
+@filesystem_options(list_root_default=True, allow_other=False)
+@castore_service_options
+@run_async
+async def castore_virtiofs(
+    digest: str,
+    socket_path: str,
+    list_root: bool,
+    show_xattr: bool,
+    threads: int,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+) -> None:
+    """Serve the directory DIGEST to a VM over vhost-user-fs at SOCKET, until it goes away."""
+    wanted = Digest.parse(digest)
+
+    async def body(services: CastoreServices) -> None:
+        root = await required_directory(services, wanted)
+        flags = MountFlags(list_root, show_xattr, False, threads)
+        await serve_virtiofs(
+            services, DirectoryRootNodes(root), socket_path, flags, f"directory {wanted}"
         )
 
     await with_services(blob_service_addr, directory_service_addr, body)

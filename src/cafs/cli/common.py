@@ -80,8 +80,13 @@ async def with_services(
     return await using(CastoreServices.from_addrs(blob_addr, directory_addr), body)
 
 
-def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """The flags every mount command takes (tvix-store's names and environment)."""
+def filesystem_options(
+    list_root_default: bool, *, allow_other: bool = True
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """The flags every command serving a filesystem takes (tvix-store's names and environment).
+
+    ``allow_other`` is for kernel mounts only: a VM's filesystem has no other users.
+    """
 
     def decorate(func: Callable[P, T]) -> Callable[P, T]:
         func = click.option(
@@ -92,12 +97,13 @@ def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Ca
             show_default=True,
             help="FUSE requests served at once.",
         )(func)
-        func = click.option(
-            "--allow-other",
-            envvar="ALLOW_OTHER",
-            is_flag=True,
-            help="Let other users use the mount (needs user_allow_other in /etc/fuse.conf).",
-        )(func)
+        if allow_other:
+            func = click.option(
+                "--allow-other",
+                envvar="ALLOW_OTHER",
+                is_flag=True,
+                help="Let other users use the mount (needs user_allow_other in /etc/fuse.conf).",
+            )(func)
         func = click.option(
             "--show-xattr/--no-show-xattr",
             default=True,
@@ -109,7 +115,7 @@ def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Ca
             "--list-root/--no-list-root",
             default=list_root_default,
             show_default=True,
-            help="Allow listing the mount root.",
+            help="Allow listing the root.",
         )(func)
         return func
 
@@ -118,7 +124,7 @@ def fuse_mount_options(list_root_default: bool) -> Callable[[Callable[P, T]], Ca
 
 @dataclass(frozen=True)
 class MountFlags:
-    """What the mount flags of ``fuse_mount_options`` ask for."""
+    """What the flags of ``filesystem_options`` ask for."""
 
     list_root: bool
     show_xattr: bool
@@ -145,4 +151,31 @@ async def serve_mount(
     options = MountOptions(allow_other=flags.allow_other, threads=flags.threads)
     await serve(
         fs, mountpoint, options, on_ready=lambda: log.info("serving %s at %s", what, mountpoint)
+    )
+
+
+async def serve_virtiofs(
+    services: CastoreServices, roots: RootNodes, socket_path: str, flags: MountFlags, what: str
+) -> None:
+    """Serve ``roots`` over ``services`` to the VM that connects at ``socket_path``."""
+    # Imported here: only virtiofs needs the protocol and vhost-user.
+    from cafs.fs.filesystem import Filesystem
+    from cafs.fuse.server import Session
+    from cafs.virtio.daemon import serve
+
+    def new_session() -> Session:
+        fs = Filesystem(
+            services.blobs,
+            services.directories,
+            roots,
+            list_root=flags.list_root,
+            show_xattr=flags.show_xattr,
+        )
+        return Session(fs)
+
+    await serve(
+        new_session,
+        socket_path,
+        max_in_flight=flags.threads,
+        on_ready=lambda: log.info("serving %s over virtiofs at %s", what, socket_path),
     )

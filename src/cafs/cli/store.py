@@ -16,10 +16,11 @@ from cafs.cli.common import (
     P,
     T,
     castore_service_options,
-    fuse_mount_options,
+    filesystem_options,
     log,
     run_async,
     serve_mount,
+    serve_virtiofs,
     using,
 )
 from cafs.config import StoreServices
@@ -238,7 +239,7 @@ async def path_info_command(
 
 @click.command("mount")
 @click.argument("mountpoint", type=click.Path(path_type=str))
-@fuse_mount_options(list_root_default=False)
+@filesystem_options(list_root_default=False)
 @store_service_options
 @run_async
 async def mount_command(
@@ -264,4 +265,38 @@ async def mount_command(
     )
 
 
-STORE_COMMANDS = [import_command, copy_command, nar_group, path_info_command, mount_command]
+@click.command("virtiofs")
+@click.argument("socket_path", metavar="SOCKET", type=click.Path(path_type=str))
+@filesystem_options(list_root_default=False, allow_other=False)
+@store_service_options
+@run_async
+async def virtiofs_command(
+    socket_path: str,
+    list_root: bool,
+    show_xattr: bool,
+    threads: int,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Serve the store to a VM over vhost-user-fs at SOCKET, until the VM goes away."""
+
+    async def body(services: StoreServices) -> None:
+        flags = MountFlags(list_root, show_xattr, False, threads)
+        await serve_virtiofs(
+            services, PathInfoRootNodes(services.path_infos), socket_path, flags, "the store"
+        )
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
+STORE_COMMANDS = [
+    import_command,
+    copy_command,
+    nar_group,
+    path_info_command,
+    mount_command,
+    virtiofs_command,
+]

@@ -8,19 +8,13 @@ live server answers on is not taken over.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from cafs.errors import CafsError
+from cafs.sockets import ListenError, check_socket_path
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:8000"
-
-
-class ListenError(CafsError):
-    """An address the daemon cannot listen on."""
 
 
 @dataclass(frozen=True)
@@ -70,29 +64,6 @@ def check_bindable(address: ListenAddress) -> None:
         check_socket_path(address.text, path)
     else:
         check_tcp_address(address.text)
-
-
-def check_socket_path(text: str, path: Path) -> None:
-    """Refuse a socket path another server listens on, or that cannot be bound."""
-    if path.is_socket():
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(os.fsencode(path))
-            except OSError:
-                path.unlink()  # left by a daemon that did not shut down
-                return
-        raise ListenError(f"cannot listen on {text}: another server is listening there")
-    if os.path.lexists(path):
-        raise ListenError(f"cannot listen on {text}: it exists and is not a socket")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(os.fsencode(path))
-        except OSError as exc:
-            raise ListenError(f"cannot listen on {text}: {exc.strerror or exc}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_socket():
-                    path.unlink()
 
 
 def check_tcp_address(text: str) -> None:

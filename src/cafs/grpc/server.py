@@ -28,8 +28,9 @@ from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.grpc.castore import BlobServer, DirectoryServer
 from cafs.grpc.channel import MAX_MESSAGE_BYTES
-from cafs.grpc.listen import ListenAddress, ListenError, check_bindable
+from cafs.grpc.listen import ListenAddress, check_bindable
 from cafs.grpc.store import PathInfoServer
+from cafs.sockets import ListenError
 
 log = logging.getLogger(__name__)
 
