@@ -1,0 +1,1 @@
+"""vhost-user and virtqueues, driven by a test front end with no VM."""
