@@ -24,7 +24,7 @@ from collections.abc import Callable
 from cafs.fs.filesystem import Filesystem
 from cafs.fuse import abi
 from cafs.fuse.mount import MountOptions, mount, raise_readahead, unmount
-from cafs.fuse.server import Reply, Session, SessionOptions
+from cafs.fuse.server import Reply, Session, SessionOptions, describe_counts
 
 log = logging.getLogger(__name__)
 
@@ -186,21 +186,11 @@ async def serve(
 
 def log_status(session: Session) -> None:
     """SIGUSR1: one line of what the mount was asked and how many inodes it holds."""
-    counts = " ".join(
-        f"{_opcode_name(opcode)}={count}" for opcode, count in sorted(session.counts.items())
-    )
     inodes = session.fs.inodes
     log.info(
         "status: inodes held=%d known=%d in_flight=%d requests: %s",
         inodes.held,
         len(inodes),
         session.in_flight,
-        counts or "none",
+        describe_counts(session.counts),
     )
-
-
-def _opcode_name(opcode: int) -> str:
-    try:
-        return abi.Opcode(opcode).name
-    except ValueError:
-        return str(opcode)

@@ -553,3 +553,15 @@ def notify_inval_entry(parent: int, name: bytes) -> Reply:
     """NOTIFY_INVAL_ENTRY: forget the cached dentry ``name`` in ``parent``."""
     body = abi.notify_inval_entry_out.pack(parent, len(name), 0)
     return _notification(abi.NotifyCode.INVAL_ENTRY, body, name, b"\0")
+
+
+def describe_counts(counts: dict[int, int]) -> str:
+    """Requests by opcode, for a log line: ``LOOKUP=3 READ=10``."""
+    parts = []
+    for opcode, count in sorted(counts.items()):
+        try:
+            name = Opcode(opcode).name
+        except ValueError:
+            name = str(opcode)
+        parts.append(f"{name}={count}")
+    return " ".join(parts) or "none"

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from cafs.fuse.server import Session
+from cafs.fuse.server import Session, describe_counts
 from cafs.sockets import listen_unix
 from cafs.virtio.backend import Backend
 from cafs.virtio.fs_device import VirtioFsDevice
@@ -62,8 +62,12 @@ async def serve(
             backend.close()
             await device.close()
             channel.close()
-        log.info("served %d vhost-user messages, %d FUSE sessions", backend.messages,
-                 device.sessions)  # fmt: skip
+        log.info(
+            "served %d vhost-user messages, %d FUSE sessions; requests: %s",
+            backend.messages,
+            device.sessions,
+            describe_counts(device.session.counts),
+        )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
