@@ -8,15 +8,19 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SYSTEM_PACKAGES := fuse3
+# The virtiofs tests boot real guests: QEMU, a distribution kernel with the
+# virtiofs and 9p modules, a static busybox, and gcc to build the guest's probe.
+VM_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static gcc libc6-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc clean
+.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc bench-virtiofs clean system-vm
 
 all: test
 
-system:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+# $(call install_missing,PACKAGES): apt-get install those not installed yet.
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -24,6 +28,13 @@ system:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+endef
+
+system:
+	$(call install_missing,$(SYSTEM_PACKAGES))
+
+system-vm:
+	$(call install_missing,$(VM_PACKAGES))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +60,7 @@ protos: venv
 protos-check: venv
 	$(BIN)/python scripts/gen_protos.py --check
 
-test: venv lint typecheck protos-check
+test: venv system-vm lint typecheck protos-check
 	$(BIN)/python -m pytest -q
 
 bench: venv
