@@ -77,3 +77,6 @@ bench-nar: venv
 
 bench-grpc: venv
 	$(BIN)/python bench/grpc.py
+
+bench-virtiofs: venv system-vm
+	$(BIN)/python bench/virtiofs.py
