@@ -236,18 +236,21 @@ class Channel:
     async def receive(self) -> Message:
         """The next message. Disconnected at the end; VhostUserError for a bad frame."""
         fds: list[int] = []
-        raw = await self._receive(header.size, fds)
-        request, flags, size = header.unpack(raw)
-        message = Message(request, flags, b"", fds)
-        if flags & FLAG_VERSION_MASK != VERSION:
-            await self._discard(size)
-            message.close()
-            raise VhostUserError(f"{message.name}: protocol version {flags & FLAG_VERSION_MASK}")
-        if size > MAX_PAYLOAD:
-            await self._discard(size)
-            message.close()
-            raise VhostUserError(f"{message.name}: payload of {size} bytes is too large")
-        message.payload = await self._receive(size, fds)
+        try:
+            raw = await self._receive(header.size, fds)
+            request, flags, size = header.unpack(raw)
+            message = Message(request, flags, b"", fds)
+            if flags & FLAG_VERSION_MASK != VERSION:
+                await self._discard(size)
+                version = flags & FLAG_VERSION_MASK
+                raise VhostUserError(f"{message.name}: protocol version {version}")
+            if size > MAX_PAYLOAD:
+                await self._discard(size)
+                raise VhostUserError(f"{message.name}: payload of {size} bytes is too large")
+            message.payload = await self._receive(size, fds)
+        except BaseException:
+            close_fds(fds)
+            raise
         return message
 
     async def reply(self, message: Message, payload: bytes) -> None:
