@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -197,8 +197,6 @@ class Session:
         self.counts: dict[int, int] = {}
         """Requests seen, by opcode (what a warm walk costs is a count here)."""
         self._pending: dict[int, asyncio.Task[Reply | None]] = {}
-        self._started: set[int] = set()
-        self._interrupted: set[int] = set()
         self._zero_opendir = self.options.zero_message_opendir and not fs.root_listing_grows
 
     @property
@@ -234,7 +232,15 @@ class Session:
         if answer is None or isinstance(answer, list):
             return answer
         assert asyncio.iscoroutine(answer)
-        task = asyncio.ensure_future(self._run(header, answer))
+        work = self._run(header, answer)
+        # Run the request at once, up to its first wait: most find what they
+        # need at hand and are answered here, with no task to schedule.
+        try:
+            waiting_on = work.send(None)
+        except StopIteration as done:
+            reply: Reply | None = done.value
+            return reply
+        task = asyncio.ensure_future(_finish(_Continuation(work, waiting_on)))
         self._pending[header.unique] = task
         task.add_done_callback(lambda _: self._pending.pop(header.unique, None))
         return task
@@ -269,13 +275,7 @@ class Session:
         return reply_error(request.unique, errno.ENOSYS)
 
     async def _run(self, request: Request, work: Coroutine[Any, Any, Reply | None]) -> Reply | None:
-        unique = request.unique
-        self._started.add(unique)
         try:
-            if unique in self._interrupted:
-                # Interrupted before it ran: answered all the same.
-                work.close()
-                raise asyncio.CancelledError
             return await work
         except FsError as exc:
             return reply_error(request.unique, exc.errno)
@@ -293,9 +293,6 @@ class Session:
                 request.nodeid,
             )
             return reply_error(request.unique, errno.EIO)
-        finally:
-            self._started.discard(unique)
-            self._interrupted.discard(unique)
 
     # -- the connection ----------------------------------------------------------
 
@@ -362,11 +359,12 @@ class Session:
         if task is None:
             return
         log.debug("INTERRUPT of unique=%d", target)
-        if target in self._started:
-            task.cancel()
-        else:
-            # Cancelling a task before it starts would skip its reply.
-            self._interrupted.add(target)
+        # The request has run to its first wait (``handle`` did that), but
+        # its task may not have taken its first step yet: a task cancelled
+        # before that never runs, and its request would get no reply. The
+        # cancellation is queued behind that step, so it lands inside the
+        # request, which answers EINTR.
+        asyncio.get_running_loop().call_soon(task.cancel)
 
     def _forget(self, request: Request) -> None:
         (count,) = request.args(abi.forget_in)
@@ -565,3 +563,41 @@ def describe_counts(counts: dict[int, int]) -> str:
             name = str(opcode)
         parts.append(f"{name}={count}")
     return " ".join(parts) or "none"
+
+
+class _Continuation:
+    """The rest of a coroutine that already ran up to its first wait, as an awaitable.
+
+    Awaiting it hands what the coroutine waits on to the task that awaits, and
+    passes results, exceptions and cancellation back in, as ``await`` would
+    have had the coroutine run in that task from its start.
+    """
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Reply | None], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, Reply | None]:
+        coro = self._coro
+        value = self._waiting_on
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    result: Reply | None = done.value
+                    return result
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    result = done.value
+                    return result
+
+
+async def _finish(rest: _Continuation) -> Reply | None:
+    return await rest

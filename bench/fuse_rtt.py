@@ -1,0 +1,146 @@
+"""What one FUSE round trip costs, by request kind, on a warm mount: cafs against squashfuse_ll.
+
+Each probe is a system call the kernel cannot answer from its caches, so it
+becomes exactly one request to the daemon (measured per call, in µs; medians
+of ``--runs`` batches of ``--calls``):
+
+- LOOKUP: ``stat`` of a name never asked before (a negative lookup);
+- GETATTR: ``statx`` with ``AT_STATX_FORCE_SYNC`` of a file already looked up;
+- OPEN: ``open`` + ``close`` of one file (RELEASE goes out asynchronously);
+- READ: a 4 KiB ``pread`` with ``O_DIRECT`` (bypassing the page cache) within the
+  first 64 KiB of the large file, so no chunk is fetched after the first;
+- GETXATTR: ``getxattr`` of an attribute the file does not have.
+
+The native tree is measured too, as the floor. It uses the corpus of
+``bench/fs.py`` (same work directory and flags), mounted the same way.
+
+    python bench/fuse_rtt.py [--calls N --runs K --workdir DIR --output FILE]
+
+Needs root, like ``bench/fs.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import corpus
+import fs
+
+AT_STATX_FORCE_SYNC = 0x2000
+STATX_BASIC_STATS = 0x7FF
+PEERS = ["native", "squashfuse_ll", "cafs"]
+KINDS = ["LOOKUP", "GETATTR", "OPEN", "READ", "GETXATTR"]
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_statx_buffer = ctypes.create_string_buffer(256)
+
+
+def statx_sync(path: bytes) -> None:
+    if _libc.statx(-100, path, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, _statx_buffer) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def probes(root: Path, small: str, large: str) -> dict[str, Callable[[int], None]]:
+    """One callable per kind; each call makes one request (``i`` keeps names fresh)."""
+    file_path = os.fsencode(root / small)
+    missing_dir = root / os.path.dirname(small)
+    stamp = time.monotonic_ns()
+    buffer = mmap.mmap(-1, 4096)
+    direct = os.open(root / large, os.O_RDONLY | os.O_DIRECT)
+
+    def lookup(i: int) -> None:
+        try:
+            os.stat(missing_dir / f"missing-{stamp}-{i}")
+        except FileNotFoundError:
+            return
+        raise AssertionError("a missing name exists")
+
+    def getattr_(i: int) -> None:
+        statx_sync(file_path)
+
+    def open_(i: int) -> None:
+        os.close(os.open(file_path, os.O_RDONLY))
+
+    def read(i: int) -> None:
+        # Pages of the first 64 KiB: one chunk, so the round trip is measured
+        # and not the fetch of a chunk from the store (that is fs.py's part).
+        os.preadv(direct, [buffer], (i % 16) * 4096)
+
+    def getxattr(i: int) -> None:
+        try:
+            os.getxattr(file_path, "user.cafs.bench.absent")
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+
+    return {"LOOKUP": lookup, "GETATTR": getattr_, "OPEN": open_, "READ": read,
+            "GETXATTR": getxattr}  # fmt: skip
+
+
+def time_calls(call: Callable[[int], None], calls: int, offset: int) -> float:
+    """µs per call."""
+    start = time.perf_counter()
+    for i in range(offset, offset + calls):
+        call(i)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=corpus.DEFAULT_FILES)
+    parser.add_argument("--dirs", type=int, default=corpus.DEFAULT_DIRS)
+    parser.add_argument("--large-size", type=corpus.parse_size, default=corpus.DEFAULT_LARGE_SIZE)
+    parser.add_argument("--seed", type=int, default=corpus.DEFAULT_SEED)
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cafs-bench-fs"))
+    parser.add_argument("--output", type=Path, help="also write the report here")
+    opts = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/fuse_rtt.py needs root", file=sys.stderr)
+        return 2
+    fs.ensure_tools()
+    peers, small, _ = fs.build(opts)
+    sample = next(name for name in small if os.path.getsize(peers.tree / name) > 0)
+    results: dict[tuple[str, str], list[float]] = {}
+    for peer in PEERS:
+        with peers.mount(peer) as mounted:
+            calls = probes(mounted.root, sample, fs.LARGE_NAME)
+            for run in range(opts.runs):
+                for kind in KINDS:
+                    spent = time_calls(calls[kind], opts.calls, run * opts.calls)
+                    results.setdefault((peer, kind), []).append(spent)
+            print(f"{peer}: done", file=sys.stderr)
+    lines = [
+        f"FUSE round trips on a warm mount ({fs.source_state()}), µs per call, "
+        f"medians of {opts.runs} × {opts.calls} calls.",
+        "",
+        "| request | " + " | ".join(PEERS) + " | cafs ÷ squashfuse_ll |",
+        "|---|" + "---:|" * (len(PEERS) + 1),
+    ]
+    for kind in KINDS:
+        values = {peer: statistics.median(results[(peer, kind)]) for peer in PEERS}
+        row = [f"{values[peer]:.1f}" for peer in PEERS]
+        row.append(f"{values['cafs'] / values['squashfuse_ll']:.2f}×")
+        lines.append(f"| {kind} | " + " | ".join(row) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if opts.output:
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        opts.output.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
