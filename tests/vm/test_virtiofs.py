@@ -289,8 +289,8 @@ echo "== done"
     assert found["store root"] == [f"errno {errno.EPERM}"]  # no --list-root
     big = (fixture.tree / "big").read_bytes()
     for line, (offset, length) in zip(found["slices"], ODD_SLICES, strict=True):
-        want = hashlib.sha256(big[offset : offset + length]).hexdigest()
-        assert line == f"{offset}:{length} {want}"
+        digest_hex = hashlib.sha256(big[offset : offset + length]).hexdigest()
+        assert line == f"{offset}:{length} {digest_hex}"
     broken = found["broken"]
     assert any("Input/output error" in line for line in broken) and "victim read" not in broken, (
         broken
