@@ -175,6 +175,10 @@ async def test_fuse_requests_round_trip_through_guest_memory(
         # An indirect table, at an odd offset.
         got = read(front, big, fh, 12345, 70000, split_out=4, indirect=True)
         assert got == BIG[12345 : 12345 + 70000]
+        # A second request queue (front ends other than Linux may use several).
+        front.setup_ring(2)
+        error, reply = front.fuse(LOOKUP, 1, b"hello\0", queue=2)
+        assert error == 0 and ENTRY_OUT.unpack_from(reply)[0] == nodeid
         # Writes are refused as on a mount.
         assert front.fuse(MKDIR, 1, struct.pack("<II", 0o755, 0) + b"new\0")[0] == errno.EROFS
 
