@@ -89,6 +89,7 @@ class Vring:
         self._on_kick = on_kick
         self._loop = asyncio.get_running_loop()
         self._signal_due = False
+        self._in_kick = False
 
     @property
     def ready(self) -> bool:
@@ -144,13 +145,20 @@ class Vring:
         assert self.kick_fd is not None
         with contextlib.suppress(BlockingIOError, InterruptedError):
             os.read(self.kick_fd, 8)
-        if self.ready:
-            self._on_kick(self)
+        self.poke()
 
     def poke(self) -> None:
         """Look at the ring without a kick (it may hold requests made before it started)."""
-        if self.ready:
+        if not self.ready:
+            return
+        self._in_kick = True
+        try:
             self._on_kick(self)
+        finally:
+            self._in_kick = False
+        if self._signal_due:
+            # What was answered at once gets its interrupt now, not a loop turn later.
+            self._signal()
 
     def next_chain(self) -> Chain | None:
         """The next request, or None once the ring is empty (notifications back on).
@@ -173,7 +181,8 @@ class Vring:
         return None
 
     def complete(self, generation: int, head: int, written: int) -> None:
-        """Return a chain to the guest; its interrupt goes out at the end of this loop turn."""
+        """Return a chain to the guest; its interrupt goes out when the kick that brought it
+        has been handled, or at the end of this loop turn."""
         queue = self.queue
         if queue is None or generation != self.generation:
             log.debug("ring %d: a reply after the ring stopped was dropped", self.index)
@@ -181,9 +190,12 @@ class Vring:
         queue.push(head, written)
         if not self._signal_due:
             self._signal_due = True
-            self._loop.call_soon(self._signal)
+            if not self._in_kick:
+                self._loop.call_soon(self._signal)
 
     def _signal(self) -> None:
+        if not self._signal_due:
+            return
         self._signal_due = False
         queue = self.queue
         if queue is None or self.call_fd is None or not queue.needs_signal():

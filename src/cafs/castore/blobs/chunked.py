@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 import blake3
@@ -28,6 +29,38 @@ OnVerified = Callable[[], Awaitable[None]]
 
 PREFETCH_CHUNKS = 8
 """Chunks fetched ahead of a forward reader (about 2 MiB at tvix's chunk size)."""
+RECENT_CHUNK_BYTES = 64 * 1024 * 1024
+"""What a service keeps of the verified chunks it read lately (see ``RecentChunks``)."""
+
+
+class RecentChunks:
+    """Verified chunks read lately, kept in memory up to a byte budget, least recently used out.
+
+    A reader that jumps about a blob (random reads through a mount) comes
+    back to the chunks it read before; finding one here saves its fetch,
+    decompression and hash, a thread hop included. Only chunks that a fetch
+    function verified are put here.
+    """
+
+    def __init__(self, budget: int = RECENT_CHUNK_BYTES) -> None:
+        self.budget = budget
+        self._chunks: OrderedDict[Digest, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: Digest) -> bytes | None:
+        data = self._chunks.get(digest)
+        if data is not None:
+            self._chunks.move_to_end(digest)
+        return data
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        if digest in self._chunks or len(data) > self.budget:
+            return
+        self._chunks[digest] = data
+        self._bytes += len(data)
+        while self._bytes > self.budget:
+            _, dropped = self._chunks.popitem(last=False)
+            self._bytes -= len(dropped)
 
 
 class ChunkedBlobReader(BlobReader):
@@ -38,6 +71,7 @@ class ChunkedBlobReader(BlobReader):
         fetch: ChunkFetcher,
         prefetch: int = PREFETCH_CHUNKS,
         on_verified: OnVerified | None = None,
+        recent: RecentChunks | None = None,
     ) -> None:
         if not chunks:
             raise ValueError("a chunked blob needs at least one chunk")
@@ -59,6 +93,7 @@ class ChunkedBlobReader(BlobReader):
         self._hasher: blake3.blake3 | None = blake3.blake3()
         self._hashed = 0
         self._on_verified = on_verified
+        self._recent = recent
 
     @property
     def size(self) -> int:
@@ -80,12 +115,19 @@ class ChunkedBlobReader(BlobReader):
         if index == self._cached_index:
             return self._cached
         forward = index == self._cached_index + 1
+        meta = self._chunks[index]
         task = self._ahead.pop(index, None)
-        data = await task if task is not None else await self._fetch(self._chunks[index])
-        if len(data) != self._chunks[index].size:
+        data = self._recent.get(meta.digest) if self._recent is not None else None
+        if data is None:
+            data = await task if task is not None else await self._fetch(meta)
+            if self._recent is not None:
+                self._recent.put(meta.digest, data)
+        elif task is not None:
+            task.cancel()
+        if len(data) != meta.size:
             raise IntegrityError(
-                f"blob {self._digest}: chunk {self._chunks[index].digest} has "
-                f"{len(data)} bytes, the chunk list says {self._chunks[index].size}"
+                f"blob {self._digest}: chunk {meta.digest} has "
+                f"{len(data)} bytes, the chunk list says {meta.size}"
             )
         self._cached_index, self._cached = index, data
         self._plan_ahead(index, forward)

@@ -32,7 +32,7 @@ from cafs.castore.blobs.base import (
     ChunkMeta,
     read_file,
 )
-from cafs.castore.blobs.chunked import ChunkedBlobReader
+from cafs.castore.blobs.chunked import ChunkedBlobReader, RecentChunks
 from cafs.castore.digest import EMPTY_DIGEST, Digest
 from cafs.castore.objectstore import ObjectStorage, Staged
 from cafs.errors import CafsError, IntegrityError, StorageError
@@ -183,6 +183,7 @@ class ObjectStoreBlobService(BlobService):
     ) -> None:
         self.storage = storage
         self.avg_chunk_size = avg_chunk_size
+        self.recent = RecentChunks()
 
     async def has(self, digest: Digest) -> bool:
         return await asyncio.to_thread(self._has_sync, digest)
@@ -222,7 +223,7 @@ class ObjectStoreBlobService(BlobService):
             return None
         if isinstance(found, bytes):
             return BytesBlobReader(found)
-        return ChunkedBlobReader(digest, found, self._fetch_chunk)
+        return ChunkedBlobReader(digest, found, self._fetch_chunk, recent=self.recent)
 
     async def read_many(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
         # A few threads: a disk serves concurrent small reads faster than a
