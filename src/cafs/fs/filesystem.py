@@ -22,7 +22,7 @@ import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cafs.castore.blobs.base import BlobReader, BlobService, BytesBlobReader
@@ -381,7 +381,7 @@ class Filesystem:
             yield entry
 
     async def _entries(
-        self, entries: list[tuple[bytes, Node]], offset: int, plus: bool, parent: int
+        self, entries: Sequence[tuple[bytes, Node]], offset: int, plus: bool, parent: int
     ) -> AsyncGenerator[DirEntry, None]:
         position = offset
         while position < len(entries):

@@ -18,7 +18,9 @@ not grow the table either.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
@@ -43,6 +45,42 @@ class SymlinkInode:
     target: bytes
 
 
+class Entries(Sequence[tuple[bytes, Node]]):
+    """A loaded directory's (name, node) pairs in name order, by position.
+
+    Only the names are kept in a list (the nodes stay in the Directory's own
+    mapping): a pair per entry would cost a tuple each, for every entry of
+    every directory the kernel holds.
+    """
+
+    __slots__ = ("_directory", "_names")
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+        self._names = directory.names()
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[bytes, Node]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[bytes, Node]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[bytes, Node] | list[tuple[bytes, Node]]:
+        get = self._directory.get
+        if isinstance(index, slice):
+            return [(name, _node(get(name))) for name in self._names[index]]
+        name = self._names[index]
+        return name, _node(get(name))
+
+
+def _node(node: Node | None) -> Node:
+    assert node is not None
+    return node
+
+
 @dataclass(slots=True, eq=False)
 class DirectoryInode:
     """A directory, sparse (digest and size only) until its Directory is loaded.
@@ -54,7 +92,7 @@ class DirectoryInode:
 
     digest: Digest
     size: int
-    entries: list[tuple[bytes, Node]] | None = None
+    entries: Entries | None = None
     directory: Directory | None = None
     subdirectories: int = 0
 
@@ -71,7 +109,7 @@ class DirectoryInode:
         if self.entries is None:
             self.directory = directory
             self.subdirectories = sum(1 for _ in directory.directories())
-            self.entries = list(directory)
+            self.entries = Entries(directory)
 
 
 InodeData = RegularInode | SymlinkInode | DirectoryInode
@@ -84,6 +122,15 @@ def inode_data_for(node: Node) -> InodeData:
         return SymlinkInode(node.target)
     assert isinstance(node, DirectoryNode)
     return DirectoryInode(node.digest, node.size)
+
+
+def _data_key(data: InodeData) -> tuple[object, ...]:
+    """``_content_key`` of the node ``data`` was made from (kept once, in the data)."""
+    if isinstance(data, RegularInode):
+        return ("f", data.digest, data.executable)
+    if isinstance(data, SymlinkInode):
+        return ("l", data.target)
+    return ("d", data.digest)
 
 
 def _content_key(node: Node) -> tuple[object, ...]:
@@ -102,7 +149,6 @@ class InodeTracker:
     def __init__(self, uncounted_max: int = UNCOUNTED_MAX) -> None:
         self._next = ROOT_INO + 1
         self._data: dict[int, InodeData] = {}
-        self._keys: dict[int, tuple[object, ...]] = {}
         self._by_key: dict[tuple[object, ...], int] = {}
         self._lookups: dict[int, int] = {}
         self._opens: dict[int, int] = {}
@@ -128,7 +174,6 @@ class InodeTracker:
             ino = self._next
             self._next += 1
             self._by_key[key] = ino
-            self._keys[ino] = key
             self._data[ino] = inode_data_for(node)
             self._uncounted[ino] = None
             if len(self._uncounted) > self._uncounted_max:
@@ -171,8 +216,9 @@ class InodeTracker:
         return True
 
     def _free(self, ino: int) -> None:
-        self._data.pop(ino, None)
+        data = self._data.pop(ino, None)
         self._uncounted.pop(ino, None)
-        key = self._keys.pop(ino, None)
-        if key is not None and self._by_key.get(key) == ino:
-            del self._by_key[key]
+        if data is not None:
+            key = _data_key(data)
+            if self._by_key.get(key) == ino:
+                del self._by_key[key]
