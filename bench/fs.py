@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import corpus
-from ingest import BenchError, remove, run, source_state
+from ingest import BenchError, publish, remove, run, source_state
 
 MB = 1_000_000
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
@@ -348,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i + 1}/{opts.runs}: {peer}", file=sys.stderr)
             measure(peers, peer, small, size, opts.seed + i, results)
     text = report(results, opts, len(small), size)
-    print(text)
-    if opts.output:
-        opts.output.parent.mkdir(parents=True, exist_ok=True)
-        opts.output.write_text(text + "\n")
+    publish(text, opts.output)
     return 0
 
 

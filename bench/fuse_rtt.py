@@ -35,6 +35,7 @@ from pathlib import Path
 
 import corpus
 import fs
+from ingest import publish
 
 AT_STATX_FORCE_SYNC = 0x2000
 STATX_BASIC_STATS = 0x7FF
@@ -135,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         row.append(f"{values['cafs'] / values['squashfuse_ll']:.2f}×")
         lines.append(f"| {kind} | " + " | ".join(row) + " |")
     text = "\n".join(lines)
-    print(text)
-    if opts.output:
-        opts.output.parent.mkdir(parents=True, exist_ok=True)
-        opts.output.write_text(text + "\n")
+    publish(text, opts.output)
     return 0
 
 

@@ -145,6 +145,14 @@ class Stopwatch:
         self.sample = Sample(time.perf_counter() - self._start, _children_cpu() - self._cpu)
 
 
+def publish(text: str, output: Path | None) -> None:
+    """Print a report, and write it to ``output`` too when one is given."""
+    print(text)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+
+
 def remove(path: Path) -> None:
     """Delete a file or tree if present; leftovers would fill the disk over many runs."""
     if path.is_dir() and not path.is_symlink():

@@ -29,17 +29,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import corpus
-from ingest import BenchError, remove, run, source_state
+from fs import Results, drop_caches, fmt
+from ingest import BenchError, publish, remove, run, source_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.vm.guest import available, run_guest
@@ -49,7 +49,6 @@ PEERS = ["9p", "virtiofsd", "cafs"]
 VIRTIOFSD = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
 LARGE_NAME = "large.bin"
 RANDOM_READS = 2000
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 HERE = Path(__file__).resolve().parent
 
 METRICS: list[tuple[str, str, bool]] = [
@@ -83,23 +82,6 @@ remount; $G rand {root}/{large} {reads} 42
 
 def virtiofsd() -> str | None:
     return next((path for path in VIRTIOFSD if os.access(path, os.X_OK)), None)
-
-
-def drop_caches() -> None:
-    os.sync()
-    DROP_CACHES.write_text("3\n")
-
-
-@dataclass
-class Results:
-    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-
-    def add(self, peer: str, metric: str, value: float) -> None:
-        self.values.setdefault((peer, metric), []).append(value)
-
-    def median(self, peer: str, metric: str) -> float | None:
-        got = self.values.get((peer, metric))
-        return statistics.median(got) if got else None
 
 
 @dataclass
@@ -212,12 +194,6 @@ def build(opts: argparse.Namespace) -> Bench:
     return Bench(workdir, (workdir / "digest").read_text().strip(), opts.large_size)
 
 
-def fmt(value: float | None, higher: bool) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if higher else f"{value:.3f}"
-
-
 def ratio(results: Results, metric: str, higher: bool, ref: str) -> str:
     ours, theirs = results.median("cafs", metric), results.median(ref, metric)
     if not ours or not theirs:
@@ -275,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     text = report(results, opts)
-    print(text)
-    if opts.output:
-        opts.output.parent.mkdir(parents=True, exist_ok=True)
-        opts.output.write_text(text + "\n")
+    publish(text, opts.output)
     return 0
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
@@ -16,6 +16,9 @@ from cafs.config import CastoreServices
 from cafs.errors import CafsError
 from cafs.fs.root_nodes import RootNodes
 from cafs.fuse import DEFAULT_THREADS
+
+if TYPE_CHECKING:
+    from cafs.fs.filesystem import Filesystem
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -132,22 +135,28 @@ class MountFlags:
     threads: int
 
 
-async def serve_mount(
-    services: CastoreServices, roots: RootNodes, mountpoint: str, flags: MountFlags, what: str
-) -> None:
-    """Serve ``roots`` over ``services`` at ``mountpoint`` until stopped or unmounted."""
-    # Imported here: only mounts need the protocol.
+def new_filesystem(services: CastoreServices, roots: RootNodes, flags: MountFlags) -> Filesystem:
+    """The filesystem model ``flags`` ask for, over ``services``."""
     from cafs.fs.filesystem import Filesystem
-    from cafs.fuse.devfuse import serve
-    from cafs.fuse.mount import MountOptions
 
-    fs = Filesystem(
+    return Filesystem(
         services.blobs,
         services.directories,
         roots,
         list_root=flags.list_root,
         show_xattr=flags.show_xattr,
     )
+
+
+async def serve_mount(
+    services: CastoreServices, roots: RootNodes, mountpoint: str, flags: MountFlags, what: str
+) -> None:
+    """Serve ``roots`` over ``services`` at ``mountpoint`` until stopped or unmounted."""
+    # Imported here: only mounts need the protocol.
+    from cafs.fuse.devfuse import serve
+    from cafs.fuse.mount import MountOptions
+
+    fs = new_filesystem(services, roots, flags)
     options = MountOptions(allow_other=flags.allow_other, threads=flags.threads)
     await serve(
         fs, mountpoint, options, on_ready=lambda: log.info("serving %s at %s", what, mountpoint)
@@ -159,22 +168,11 @@ async def serve_virtiofs(
 ) -> None:
     """Serve ``roots`` over ``services`` to the VM that connects at ``socket_path``."""
     # Imported here: only virtiofs needs the protocol and vhost-user.
-    from cafs.fs.filesystem import Filesystem
     from cafs.fuse.server import Session
     from cafs.virtio.daemon import serve
 
-    def new_session() -> Session:
-        fs = Filesystem(
-            services.blobs,
-            services.directories,
-            roots,
-            list_root=flags.list_root,
-            show_xattr=flags.show_xattr,
-        )
-        return Session(fs)
-
     await serve(
-        new_session,
+        lambda: Session(new_filesystem(services, roots, flags)),
         socket_path,
         max_in_flight=flags.threads,
         on_ready=lambda: log.info("serving %s over virtiofs at %s", what, socket_path),
