@@ -32,7 +32,7 @@ from cafs.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from cafs.errors import CafsError, ClosureError, IntegrityError, NarError
 from cafs.store import nixbase32
 from cafs.store.nar.ingest import ByteSource, IngestedNar, bytes_source, file_source, ingest_nar
-from cafs.store.nar.render import calculate_nar, render_nar
+from cafs.store.nar.render import calculate_nar, nar_size_of, render_nar
 from tests.fixtures import (
     DIRECTORY_COMPLICATED,
     DIRECTORY_WITH_KEEP,
@@ -623,6 +623,35 @@ async def test_mixed_directory_round_trips_through_both_paths(
     result = await ingest_nar(bytes_source(nar), blobs2, directories2)
     assert result.node == castore.as_node()
     assert await render(result.node, blobs2, directories2) == nar
+
+
+async def test_ranges_of_a_nar_are_its_slices(
+    blob_service: BlobService, directory_service: DirectoryService
+) -> None:
+    rng = random.Random(9)
+    files = {
+        b"a-small": (rng.randbytes(100), False),
+        b"b-big": (rng.randbytes(1024 * 1024 + 3), True),
+        b"c-empty": (b"", False),
+        b"d-small": (rng.randbytes(5000), False),
+    }
+    castore, node = file_tree(files)
+    nar = archive(node)
+    for data, _ in files.values():
+        await blob_service.put(data)
+    await directory_service.put(castore)
+    root = castore.as_node()
+    assert await nar_size_of(root, directory_service) == len(nar)
+    big_at = nar.index(files[b"b-big"][0][:64])
+    cuts = [0, 1, 7, 100, big_at - 1, big_at, big_at + 1, big_at + 500_000, len(nar) - 1]
+    for start in cuts:
+        for end in (start + 1, start + 4096, start + 2_000_000, None):
+            pieces = [
+                p async for p in render_nar(root, blob_service, directory_service, start, end)
+            ]
+            assert b"".join(pieces) == nar[start:end], (start, end)
+    # A range past the end is empty.
+    assert [p async for p in render_nar(root, blob_service, directory_service, len(nar))] == []
 
 
 async def test_deep_nesting_needs_no_recursion(directory_service: DirectoryService) -> None:

@@ -184,10 +184,10 @@ async def _open_large(blobs: BlobService, node: FileNode) -> BlobReader:
 class _Fetcher:
     """Runs the plan's fetches ahead of the writer, within the window."""
 
-    def __init__(self, blobs: BlobService, units: list[_Unit]) -> None:
+    def __init__(self, blobs: BlobService, units: list[_Unit], first: int = 0) -> None:
         self._blobs = blobs
         self._units = units
-        self._next = 0
+        self._next = first
         self._tasks: deque[tuple[int, asyncio.Task[dict[Digest, bytes] | BlobReader]]] = deque()
         self._held = 0
 
@@ -229,19 +229,52 @@ class _Fetcher:
         self._tasks.clear()
 
 
+def _piece_size(piece: bytes | _Contents) -> int:
+    return len(piece) if isinstance(piece, bytes) else piece.node.size
+
+
 async def render_nar(
-    root: Node, blobs: BlobService, directories: DirectoryService
+    root: Node,
+    blobs: BlobService,
+    directories: DirectoryService,
+    start: int = 0,
+    end: int | None = None,
 ) -> AsyncIterator[bytes]:
-    """The NAR of ``root``, in pieces of about ``OUTPUT_BLOCK`` bytes."""
+    """The NAR of ``root`` (bytes ``start`` to ``end``), in pieces of about ``OUTPUT_BLOCK``.
+
+    A range skips what lies before it without fetching it: the NAR's layout
+    is known from the directories alone, and a large file is entered at the
+    offset the range starts at.
+    """
     plan = _make_plan(root, await _load_closure(root, directories))
-    fetcher = _Fetcher(blobs, plan.units)
+    total = sum(_piece_size(piece) for piece in plan.pieces)
+    end = total if end is None else min(end, total)
+    # Find the first piece the range touches, and the first fetch it needs.
+    position = 0
+    first_piece = 0
+    while first_piece < len(plan.pieces):
+        size = _piece_size(plan.pieces[first_piece])
+        if position + size > start:
+            break
+        position += size
+        first_piece += 1
+    first_unit = next(
+        (p.unit for p in plan.pieces[first_piece:] if isinstance(p, _Contents)), len(plan.units)
+    )
+    fetcher = _Fetcher(blobs, plan.units, first_unit)
     out = bytearray()
     batch: dict[Digest, bytes] = {}
     batch_index = -1
     try:
-        for piece in plan.pieces:
+        for piece in plan.pieces[first_piece:]:
+            if position >= end:
+                break
+            size = _piece_size(piece)
+            lo = max(start - position, 0)  # the part of this piece in the range
+            hi = min(end - position, size)
+            position += size
             if isinstance(piece, bytes):
-                out += piece
+                out += piece[lo:hi]
             elif plan.units[piece.unit].large:
                 reader = await fetcher.take(piece.unit)
                 assert isinstance(reader, BlobReader)
@@ -250,11 +283,13 @@ async def render_nar(
                     out.clear()
                 # Large contents pass through as read, without another copy.
                 async with reader:
-                    remaining = piece.node.size
+                    if lo:
+                        await reader.seek(lo)
+                    remaining = hi - lo
                     while remaining:
                         data = await reader.read_some(min(remaining, OUTPUT_BLOCK))
                         if not data:
-                            raise _size_problem(piece.node, piece.node.size - remaining)
+                            raise _size_problem(piece.node, hi - remaining)
                         remaining -= len(data)
                         yield data
             else:
@@ -265,7 +300,7 @@ async def render_nar(
                 data = batch[piece.node.digest]
                 if len(data) != piece.node.size:
                     raise _size_problem(piece.node, len(data))
-                out += data
+                out += data[lo:hi] if (lo, hi) != (0, size) else data
             if len(out) >= OUTPUT_BLOCK:
                 yield bytes(out)
                 out.clear()
@@ -273,6 +308,12 @@ async def render_nar(
             yield bytes(out)
     finally:
         await fetcher.close()
+
+
+async def nar_size_of(root: Node, directories: DirectoryService) -> int:
+    """The size ``root``'s NAR will have, from its directories alone (no blob is read)."""
+    plan = _make_plan(root, await _load_closure(root, directories))
+    return sum(_piece_size(piece) for piece in plan.pieces)
 
 
 async def calculate_nar(
