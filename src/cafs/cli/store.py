@@ -292,6 +292,76 @@ async def virtiofs_command(
     )
 
 
+@click.command("nar-bridge")
+@click.option(
+    "-l",
+    "--listen-address",
+    envvar="LISTEN_ADDRESS",
+    default="127.0.0.1:9000",  # cafs.http.nar_bridge.DEFAULT_LISTEN_ADDRESS, without aiohttp
+    show_default=True,
+    metavar="ADDR",
+    help="host:port to listen on, or a unix socket path starting with / or .",
+)
+@click.option(
+    "--priority",
+    envvar="PRIORITY",
+    type=click.IntRange(min=0),
+    default=39,
+    show_default=True,
+    help="Priority announced in nix-cache-info (lower is preferred by Nix).",
+)
+@click.option(
+    "--signing-key-file",
+    envvar="SIGNING_KEY_FILE",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Sign every narinfo with this Nix secret key file (name:base64).",
+)
+@click.option(
+    "--allow-put",
+    is_flag=True,
+    help="Accept uploads (nix copy --to http://...); off, the cache is read-only.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "zstd"]),
+    default="none",
+    show_default=True,
+    help="How NARs are sent (zstd costs CPU here and saves bytes on slow links).",
+)
+@store_service_options
+@run_async
+async def nar_bridge_command(
+    listen_address: str,
+    priority: int,
+    signing_key_file: str | None,
+    allow_put: bool,
+    compression: str,
+    blob_service_addr: str | None,
+    directory_service_addr: str | None,
+    path_info_service_addr: str | None,
+) -> None:
+    """Serve the store as a Nix binary cache over HTTP, NARs rendered on the fly."""
+    # Imported here: aiohttp costs start-up time only this command needs.
+    from cafs.http.nar_bridge import BridgeOptions
+    from cafs.http.server import serve_bridge
+    from cafs.sockets import parse_listen_address
+    from cafs.store.signatures import load_signing_key
+
+    address = parse_listen_address(listen_address)
+    try:
+        key = load_signing_key(signing_key_file) if signing_key_file else None
+    except OSError as exc:
+        raise CommandError(f"cannot read the signing key: {exc}") from None
+    options = BridgeOptions(priority, key, allow_put, compression)
+
+    async def body(services: StoreServices) -> None:
+        await serve_bridge(services, address, options)
+
+    await with_store_services(
+        blob_service_addr, directory_service_addr, path_info_service_addr, body
+    )
+
+
 STORE_COMMANDS = [
     import_command,
     copy_command,
@@ -299,4 +369,5 @@ STORE_COMMANDS = [
     path_info_command,
     mount_command,
     virtiofs_command,
+    nar_bridge_command,
 ]

@@ -28,7 +28,7 @@ from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.grpc.castore import BlobServer, DirectoryServer
 from cafs.grpc.channel import MAX_MESSAGE_BYTES
-from cafs.grpc.listen import ListenAddress, check_bindable
+from cafs.grpc.listen import ListenAddress, check_bindable, grpc_url
 from cafs.grpc.store import PathInfoServer
 from cafs.sockets import ListenError
 
@@ -173,7 +173,7 @@ class Daemon:
         await self.server.start()
         for name in ["", *service_names()]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.url = self.address.url(port)
+        self.url = grpc_url(self.address, port)
         return self.url
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
