@@ -16,7 +16,7 @@ import secrets
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
@@ -33,6 +33,11 @@ TREE_SEEDS = (11, 22, 33)
 many FastCDC chunks, ingest's 1 MiB small-file limit, its 8 MiB read block."""
 BIG_SIZES = {11: 3 * MIB + 12345, 22: MIB + 1, 33: 8 * MIB + 1}
 NAME_CHARS = "abcdefgxyzABCXYZ0123456789 _-.+=,~ëü日本☃"
+STORE_NAME_PREFIX = "cafs-compat-"
+
+
+def basename(path: str) -> str:
+    return PurePath(path).name
 
 
 class Nix:
@@ -296,3 +301,98 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
 
 
 # The store-mode mount.
+
+
+# Copying a closure listed by exportReferencesGraph.
+
+# A derivation with structured attrs whose output is its own .attrs.json: Nix fills in
+# `closure` with the closure of `inner` (inner -> leaf, text; text -> dep; leaf -> dep;
+# inner -> itself). With structured attrs there is no $out: the output path is read from
+# .attrs.sh (`declare -A outputs=(['out']='/nix/store/...' )`) with POSIX sh only.
+EXPRESSION = r"""
+let
+  token = builtins.readFile ./dep/token;
+  dep = builtins.path { path = ./dep; name = "cafs-compat-dep"; };
+  text = builtins.toFile "cafs-compat-text" "refers to ${dep} (${token})\n";
+  leaf = derivation {
+    name = "cafs-compat-leaf";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" ''
+      /bin/mkdir -p $out/bin
+      read -r line < ${dep}/token
+      echo "#!/bin/sh" > $out/bin/hello
+      echo "echo $line from ${dep}" >> $out/bin/hello
+      /bin/chmod +x $out/bin/hello
+    '' ];
+  };
+  inner = derivation {
+    name = "cafs-compat-inner";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" ''
+      /bin/mkdir -p $out/share/deep/er
+      echo ${text} > $out/share/text-path
+      echo $out > $out/share/deep/er/self
+      /bin/ln -s ${leaf}/bin/hello $out/hello
+      : > $out/empty
+    '' ];
+  };
+in derivation {
+  name = "cafs-compat-graph";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  __structuredAttrs = true;
+  exportReferencesGraph.closure = [ inner ];
+  args = [ "-c" ''
+    attrs_json=''${NIX_ATTRS_JSON_FILE:-.attrs.json}
+    attrs_sh=''${NIX_ATTRS_SH_FILE:-.attrs.sh}
+    out=
+    while IFS= read -r line; do
+      case $line in
+        "declare -A outputs=("*) out=''${line#*"['out']='"}; out=''${out%%"'"*} ;;
+      esac
+    done < "$attrs_sh"
+    [ -n "$out" ] || { echo "no out in $attrs_sh" >&2; exit 1; }
+    /bin/cp "$attrs_json" "$out"
+  '' ];
+}
+"""
+
+
+@dataclass(frozen=True)
+class Exported:
+    attrs_json: Path
+    """The output of the structured-attrs derivation: its .attrs.json, `closure` filled in."""
+    closure: list[dict[str, Any]]
+    inner: str
+    """The path whose closure was exported."""
+
+
+@pytest.fixture(scope="module")
+def exported(
+    nix: Nix, sources: Sources, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Exported]:
+    """Built once per module by the real Nix; the paths are signed with a throwaway key."""
+    work = tmp_path_factory.mktemp("derivation")
+    (work / "dep").mkdir()
+    write(work / "dep" / "token", f"{sources.token}\n".encode())
+    (work / "default.nix").write_text(EXPRESSION)
+    store = NixStore(nix)
+
+    def track(paths: list[str]) -> None:
+        store.track(p for p in paths if basename(p).partition("-")[2].startswith(STORE_NAME_PREFIX))
+
+    try:
+        [drv] = nix.lines("nix-instantiate", work / "default.nix")
+        track(nix.closure(drv))
+        [out] = nix.lines("nix-store", "--realise", drv)
+        track(nix.closure(out))
+        attrs = json.loads(Path(out).read_text())
+        inner = attrs["exportReferencesGraph"]["closure"][0]
+        key = f"{STORE_NAME_PREFIX}{sources.token}"
+        nix.run("nix-store", "--generate-binary-cache-key", key, work / "secret", work / "public")
+        nix.run("nix", "store", "sign", "--key-file", work / "secret", "--recursive", inner)
+        yield Exported(Path(out), attrs["closure"], inner)
+    finally:
+        store.cleanup()
