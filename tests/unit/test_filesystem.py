@@ -132,7 +132,11 @@ def test_directory_inodes_populate_once() -> None:
     directory = Directory([(b"c", child), (b"d", DirectoryNode(Digest.of(b"d"), 0))])
     data = DirectoryInode(directory.digest, directory.size)
     data.populate(directory)
-    assert data.entries is not None and list(data.entries) == list(directory) and data.child(b"c") == child
+    assert (
+        data.entries is not None
+        and list(data.entries) == list(directory)
+        and data.child(b"c") == child
+    )
     assert data.subdirectories == 1
     entries = data.entries
     data.populate(Directory())

@@ -129,6 +129,7 @@ class NarBridge:
         app.router.add_route("PUT", "/nix-cache-info", self._put_cache_info)
         app.router.add_get("/nar/tvix-castore/{node}", self._get_nar)
         app.router.add_route("PUT", "/nar/{file}", self._put_nar)
+        app.router.add_get("/nar/{file}", self._get_uploaded)
         app.router.add_get("/{name}", self._get_narinfo)
         app.router.add_route("PUT", "/{name}", self._put_narinfo)
         return app
@@ -244,6 +245,13 @@ class NarBridge:
         await response.write(compressor.flush())
         await response.write_eof()
         return response
+
+    async def _get_uploaded(self, request: web.Request) -> web.Response:
+        """HEAD of a NAR uploaded lately: Nix asks before it uploads one again."""
+        path = f"nar/{request.match_info['file']}"
+        if request.method == "HEAD" and any(u.url == path for u in self.uploads.values()):
+            return web.Response(content_type=NAR_TYPE)
+        raise BadRequest(404, f"{path}: not here (NARs are served under nar/tvix-castore/)")
 
     # -- writing (nix copy --to) -------------------------------------------------------------
 
