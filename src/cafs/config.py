@@ -80,8 +80,11 @@ class StoreServices(CastoreServices):
         # Imported here so castore-only commands never load the Nix layer.
         from cafs.store.composition import path_info_service_from_addr
 
-        path_infos = path_info_service_from_addr(path_info_addr or default_path_info_service_addr())
+        # Castore first: a nix+http PathInfoService ingests into these very services.
         castore = CastoreServices.from_addrs(blob_addr, directory_addr)
+        path_infos = path_info_service_from_addr(
+            path_info_addr or default_path_info_service_addr(), castore
+        )
         return cls(castore.blobs, castore.directories, path_infos)
 
     async def connect(self) -> None:

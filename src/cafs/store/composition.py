@@ -1,12 +1,14 @@
 """Turning PathInfo service URLs into services, with the castore URL rules.
 
-tvix backends this build does not have (redb, nix+http, bigtable) are
-refused with a reason rather than treated as unknown, so a URL copied from a
-tvix setup gets a clear answer.
+tvix backends this build does not have (redb, bigtable) are refused with a
+reason rather than treated as unknown, so a URL copied from a tvix setup gets
+a clear answer. ``nix+http(s)://`` ingests what it fetches, so it needs the
+castore services the caller reads from: they come in as ``castore``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, parse_qsl
 
 from cafs.castore.composition import (
@@ -20,11 +22,18 @@ from cafs.castore.composition import (
 from cafs.errors import InvalidAddressError
 from cafs.store.pathinfos.base import PathInfoService
 
+if TYPE_CHECKING:
+    from cafs.config import CastoreServices
+
 # tvix PathInfoService schemes that this build knows of but does not implement.
-TVIX_ONLY_SCHEMES = ("redb", "nix+http", "nix+https", "bigtable")
+TVIX_ONLY_SCHEMES = ("redb", "bigtable")
+NIX_HTTP_SCHEMES = ("nix+http", "nix+https")
 
 
-def path_info_service_from_addr(url: str) -> PathInfoService:
+def path_info_service_from_addr(
+    url: str, castore: CastoreServices | None = None
+) -> PathInfoService:
+    """The service ``url`` names; ``castore`` is where ``nix+http(s)://`` ingests NARs."""
     parts = parse_url(url)
     scheme = parts.scheme
     if scheme == "memory":
@@ -44,11 +53,23 @@ def path_info_service_from_addr(url: str) -> PathInfoService:
     if scheme == "cache":
         from cafs.store.pathinfos.cache import CachePathInfoService
 
-        return CachePathInfoService(*cache_sides(url, parts, path_info_service_from_addr))
+        def side(side_url: str) -> PathInfoService:
+            return path_info_service_from_addr(side_url, castore)
+
+        return CachePathInfoService(*cache_sides(url, parts, side))
     if scheme == "lru":
         from cafs.store.pathinfos.lru import LruPathInfoService
 
         return LruPathInfoService(lru_capacity(url, parts))
+    if scheme in NIX_HTTP_SCHEMES:
+        from cafs.store.pathinfos.nix_http import NixHttpPathInfoService, parse_address
+
+        address = parse_address(url, parts)
+        if castore is None:
+            raise InvalidAddressError(
+                url, f"{scheme}:// needs blob and directory services to ingest NARs into"
+            )
+        return NixHttpPathInfoService(address, castore.blobs, castore.directories)
     if scheme in TVIX_ONLY_SCHEMES:
         raise unsupported_remote(url, parts)
     raise InvalidAddressError(

@@ -337,7 +337,7 @@ async def test_urls(url: str, kind: type, tmp_path: Path) -> None:
         ("lru://", "capacity=N"),
         ("cache://?near=lru://?capacity=10", "cache needs far=URL"),
         ("cache://?near=memory://&far=redb://", "not supported by this cafs build"),
-        ("nix+https://cache.nixos.org", "not supported by this cafs build"),
+        ("nix+https://cache.nixos.org", "needs blob and directory services"),
         ("objectstore+file:///x", "unknown path info service scheme"),
         ("pathinfo", "expected a URL"),
     ],
