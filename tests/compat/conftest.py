@@ -367,6 +367,8 @@ class Exported:
     closure: list[dict[str, Any]]
     inner: str
     """The path whose closure was exported."""
+    public_key: str = ""
+    """The throwaway key the closure is signed with, as ``trusted-public-keys`` takes it."""
 
 
 @pytest.fixture(scope="module")
@@ -393,6 +395,7 @@ def exported(
         key = f"{STORE_NAME_PREFIX}{sources.token}"
         nix.run("nix-store", "--generate-binary-cache-key", key, work / "secret", work / "public")
         nix.run("nix", "store", "sign", "--key-file", work / "secret", "--recursive", inner)
-        yield Exported(Path(out), attrs["closure"], inner)
+        public_key = (work / "public").read_text().strip()
+        yield Exported(Path(out), attrs["closure"], inner, public_key)
     finally:
         store.cleanup()

@@ -616,6 +616,15 @@ def test_url_parts() -> None:
         f"nix+http://h/?trusted-public-keys={k1}&trusted-public-keys={k2}": ("http://h/", keys),
         f"nix+http://u:p@h/?trusted-public-keys={quote(k1)}": ("http://u:p@h/", keys[:1]),
     }
+    # A key with "+" in its base64: written as is or as %2B, it is the same key.
+    plus = next(
+        key.verifying_key
+        for seed in range(256)
+        if "+" in (key := SigningKey("plus-1", bytes([seed]) * 32)).verifying_key.to_nix_string()
+    )
+    text = plus.to_nix_string()
+    cases[f"nix+http://h?trusted-public-keys={text}"] = ("http://h/", (plus,))
+    cases[f"nix+http://h?trusted-public-keys={quote(text)}"] = ("http://h/", (plus,))
     for url, (base, trusted) in cases.items():
         address = parse_address(url, urlsplit(url))
         assert (address.base_url, address.trusted_keys) == (base, trusted), url
@@ -712,14 +721,22 @@ def assert_same_tree(source: Path, served: Path) -> int:
     return compared
 
 
+def assert_same_node(source: Path, served: Path) -> int:
+    """A file, symlink or tree at ``served`` equal to ``source``; the file bytes compared."""
+    if source.is_symlink():
+        assert os.readlink(served) == os.readlink(source), served
+        return 0
+    if source.is_file():
+        data = source.read_bytes()
+        assert served.read_bytes() == data, served
+        assert bool(os.stat(served).st_mode & 0o100) == bool(os.stat(source).st_mode & 0o100)
+        return len(data)
+    return assert_same_tree(source, served)
+
+
 def assert_serves(entry: Entry, mount: Path) -> None:
-    served = mount / entry.path.basename
-    if entry.source.is_symlink():
-        assert os.readlink(served) == os.readlink(entry.source)
-    elif entry.source.is_file():
-        assert served.read_bytes() == entry.source.read_bytes()
-    else:
-        assert assert_same_tree(entry.source, served) > 2 * 1024 * 1024
+    compared = assert_same_node(entry.source, mount / entry.path.basename)
+    assert compared > 2 * 1024 * 1024 or not entry.source.is_dir()
 
 
 def test_mount_over_a_binary_cache(binary_cache: BinaryCache, tmp_path: Path) -> None:
