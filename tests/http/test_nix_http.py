@@ -53,8 +53,9 @@ from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.nix_http import NixHttpPathInfoService, parse_address
 from cafs.store.signatures import SigningKey
 from cafs.store.storepath import StorePath
+from tests.http.bridge import running_bridge
 from tests.mount.conftest import mounted_store
-from tests.process import cafs
+from tests.process import cafs, cafs_bytes
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "none": lambda data: data,
@@ -668,6 +669,33 @@ def test_the_cli_turns_a_bad_url_into_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert "unsupported option(s): colour" in line
+
+
+# -- cafs's own binary cache -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_reads_what_cafs_nar_bridge_serves(
+    binary_cache: BinaryCache, tmp_path: Path, compression: str
+) -> None:
+    """nar-bridge's NAR URLs (a node and ``?narsize=N``) resolve against the cache URL."""
+    served_home, reading_home = tmp_path / "served", tmp_path / "reading"
+    source = binary_cache.entries["none"].source
+    [path] = cafs("import", str(source), home=served_home).stdout.split()
+    nar = cafs_bytes("nar", "dump", path, home=served_home)
+    secret = tmp_path / "secret"
+    secret.write_text(KEY.to_nix_string())
+    flags = ("--signing-key-file", str(secret), "--compression", compression)
+    with running_bridge(served_home, *flags) as bridge:
+        url = bridge.url.replace("http://", "nix+http://") + "?trusted-public-keys="
+        url += KEY.verifying_key.to_nix_string()
+        assert cafs_bytes("nar", "dump", path, "--path-info-service-addr", url,
+                          home=reading_home) == nar  # fmt: skip
+        other = url.replace(KEY.name, OTHER_KEY.name)
+        refused = cafs("nar", "dump", path, "--path-info-service-addr", other,
+                       home=reading_home, check=False)  # fmt: skip
+    assert refused.returncode == 1
+    assert "signed only by untrusted keys" in refused.stderr, refused.stderr
 
 
 # -- a mount over a binary cache -----------------------------------------------------------
