@@ -256,13 +256,14 @@ class NixHttpPathInfoService(PathInfoService):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StorageError(f"GET {where} failed: {_reason(exc)}") from None
         if len(data) > MAX_NARINFO_BYTES:
-            raise StorageError(f"{where} is over {MAX_NARINFO_BYTES} bytes: not a narinfo")
+            raise IntegrityError(f"{where} is over {MAX_NARINFO_BYTES} bytes: not a narinfo")
+        # The cache's fault, not the caller's: an integrity error, not a validation error.
         try:
             return NarInfo.parse(data.decode("utf-8"))
         except UnicodeDecodeError:
-            raise NarInfoError(f"{where} is not UTF-8 text: not a narinfo") from None
+            raise IntegrityError(f"{where} is not UTF-8 text: not a narinfo") from None
         except NarInfoError as exc:
-            raise NarInfoError(f"{where}: {exc}") from None
+            raise IntegrityError(f"{where} is not a valid narinfo: {exc}") from None
 
     def _check_signatures(self, narinfo: NarInfo, where: str) -> None:
         keys = self.address.trusted_keys
