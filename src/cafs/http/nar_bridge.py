@@ -34,7 +34,14 @@ from cafs.config import StoreServices
 from cafs.errors import CafsError, NarError, NarInfoError
 from cafs.gen.tvix.castore.v1 import castore_pb2
 from cafs.store import nixbase32
-from cafs.store.nar.compression import SUFFIXES, CompressionError, Compressor, decompressing
+from cafs.store.nar.compression import (
+    SNIFF_BYTES,
+    SUFFIXES,
+    CompressionError,
+    Compressor,
+    decompressing,
+    sniff,
+)
 from cafs.store.nar.ingest import ingest_nar
 from cafs.store.nar.render import render_nar
 from cafs.store.narinfo import NarInfo
@@ -55,8 +62,7 @@ UPLOADS_REMEMBERED = 1000
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 NARINFO_NAME = re.compile(r"^([0-9a-df-np-sv-z]{32})\.narinfo$")
-UPLOADED_NAR = re.compile(r"^nar/([0-9a-df-np-sv-z]{52})\.nar(\.xz|\.bz2|\.zst|\.gz)?$")
-SUFFIX_COMPRESSION = {suffix: name for name, suffix in SUFFIXES.items()}
+UPLOADED_NAR = re.compile(r"^nar/([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?$")
 
 
 class BadRequest(CafsError):
@@ -272,7 +278,6 @@ class NarBridge:
                 400, f"{path}: not a NAR name (nar/<nixbase32 sha256>.nar[.xz|.bz2|.zst])"
             )
         file_sha256 = nixbase32.decode(found.group(1))
-        compression = SUFFIX_COMPRESSION[found.group(2) or ""]
         hasher = hashlib.sha256()
         file_size = 0
 
@@ -283,7 +288,32 @@ class NarBridge:
             file_size += len(data)
             return data
 
-        source = decompressing(compressed, compression)
+        # The compression is told by the first bytes: Nix names a gzip upload
+        # plain ".nar", and a suffix is only a hint.
+        head = b""
+        while len(head) < SNIFF_BYTES:
+            more = await compressed(SNIFF_BYTES - len(head))
+            if not more:
+                break
+            head += more
+        compression = sniff(head)
+        if compression is None:
+            hint = (found.group(2) or "").lstrip(".") or "unknown"
+            raise BadRequest(
+                400,
+                f"{path}: neither a NAR nor xz, bzip2, zstd or gzip ({hint}); "
+                "upload with ?compression=xz, zstd or none",
+            )
+        pending = head
+
+        async def rest(n: int) -> bytes:
+            nonlocal pending
+            if pending:
+                piece, pending = pending[:n], pending[n:]
+                return piece
+            return await compressed(n)
+
+        source = decompressing(rest, compression)
         try:
             ingested = await ingest_nar(source, self.services.blobs, self.services.directories)
         except (NarError, CompressionError) as exc:

@@ -26,6 +26,25 @@ SUFFIXES = {"none": "", "xz": ".xz", "bzip2": ".bz2", "zstd": ".zst", "gzip": ".
 DECOMPRESSED = ("none", "xz", "bzip2", "zstd", "gzip")
 
 
+MAGICS = {
+    b"\xfd7zXZ\x00": "xz",
+    b"BZh": "bzip2",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x1f\x8b": "gzip",
+}
+"""The first bytes of each format cafs decompresses."""
+NAR_START = b"\x0d\x00\x00\x00\x00\x00\x00\x00nix-archive-1"
+"""The first bytes of every NAR (the length-prefixed magic string)."""
+SNIFF_BYTES = len(NAR_START)
+
+
+def sniff(head: bytes) -> str | None:
+    """The compression a stream starting with ``head`` is in ("none" for a plain NAR)."""
+    if head.startswith(NAR_START[: len(head)]) and head:
+        return "none"
+    return next((name for magic, name in MAGICS.items() if head.startswith(magic)), None)
+
+
 class CompressionError(CafsError):
     """A compressed stream that is corrupt, truncated, or in an unknown format."""
 
