@@ -628,6 +628,11 @@ def test_url_parts() -> None:
     for url, (base, trusted) in cases.items():
         address = parse_address(url, urlsplit(url))
         assert (address.base_url, address.trusted_keys) == (base, trusted), url
+        assert address.deadline == 30.0
+    assert (
+        parse_address("nix+http://h/?deadline=2.5", urlsplit("nix+http://h/?deadline=2.5")).deadline
+        == 2.5
+    )
 
 
 @pytest.mark.parametrize(
@@ -640,6 +645,8 @@ def test_url_parts() -> None:
         ("nix+http://h/?trusted-public-keys=k:AAAA", "trusted-public-keys: "),
         ("nix+http:///path", "needs a host"),
         ("nix+http://h/#frag", "takes no #fragment"),
+        ("nix+http://h/?deadline=0", "deadline must be a number of seconds above 0"),
+        ("nix+http://h/?deadline=soon", "deadline must be"),
         ("nix+http://h:notaport/", "Port could not be cast"),
         ("cache://?near=memory://&far=nix+http://h/?x=1", r"far: .*unsupported option\(s\): x"),
     ],

@@ -36,7 +36,7 @@ from cafs.castore.digest import EMPTY_DIGEST, Digest
 from cafs.errors import CafsError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceStub
-from cafs.grpc.channel import ChannelAddress, Remote
+from cafs.grpc.channel import ChannelAddress, Remote, within
 from cafs.grpc.status import error_from
 
 if TYPE_CHECKING:
@@ -68,10 +68,9 @@ class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
         super().__init__(address, BlobServiceStub)
 
     async def _stat(self, digest: Digest) -> rpc_blobstore_pb2.StatBlobResponse | None:
+        request = rpc_blobstore_pb2.StatBlobRequest(digest=digest, send_chunks=True)
         try:
-            return await self.stub.Stat(
-                rpc_blobstore_pb2.StatBlobRequest(digest=digest, send_chunks=True)
-            )
+            return await self.unary(lambda timeout: self.stub.Stat(request, timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -98,7 +97,8 @@ class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
         """The blob's bytes, checked against ``digest``; None if the server has no such blob."""
         parts: list[bytes] = []
         try:
-            async for message in self.stub.Read(rpc_blobstore_pb2.ReadBlobRequest(digest=digest)):
+            request = rpc_blobstore_pb2.ReadBlobRequest(digest=digest)
+            async for message in self.stream(lambda: self.stub.Read(request)):
                 parts.append(message.data)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND and not parts:
@@ -140,7 +140,7 @@ class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
         return await self._read_whole(Digest(digest))
 
     async def open_write(self) -> BlobWriter:
-        return GrpcBlobWriter(self.stub, self.url)
+        return GrpcBlobWriter(self.stub, self.url, self.deadline)
 
     async def put_many(self, blobs: Sequence[bytes]) -> list[Digest]:
         return await _bounded([functools.partial(self.put, data) for data in blobs])
@@ -235,8 +235,8 @@ class _BlobStream:
         """The next ``size`` bytes of the stream."""
         assert self._call is not None
         while self._buffered < size:
-            message = await self._call.read()
-            if not isinstance(message, rpc_blobstore_pb2.BlobChunk):  # EOF
+            message = await self._service.next_message(self._call)
+            if message is None:
                 raise _StreamEnded("the stream ended early")
             data = message.data  # each access of the field makes a new copy
             if data:
@@ -312,9 +312,10 @@ async def _bounded(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
 class GrpcBlobWriter(BlobWriter):
     """Streams writes as BlobChunk messages of one Put call."""
 
-    def __init__(self, stub: BlobServiceAsyncStub, url: str) -> None:
+    def __init__(self, stub: BlobServiceAsyncStub, url: str, deadline: float) -> None:
         self._stub = stub
         self._url = url
+        self._deadline = deadline
         self._call: (
             grpc.aio.StreamUnaryCall[rpc_blobstore_pb2.BlobChunk, rpc_blobstore_pb2.PutBlobResponse]
             | None
@@ -338,7 +339,7 @@ class GrpcBlobWriter(BlobWriter):
             for start in range(0, len(view), PUT_MESSAGE_BYTES):
                 piece = bytes(view[start : start + PUT_MESSAGE_BYTES])
                 self._hasher.update(piece)
-                await call.write(rpc_blobstore_pb2.BlobChunk(data=piece))
+                await within(call.write(rpc_blobstore_pb2.BlobChunk(data=piece)), self._deadline)
         except grpc.aio.AioRpcError as exc:
             self._closed = True
             raise error_from(exc, f"upload to {self._url}") from None
@@ -368,8 +369,8 @@ class GrpcBlobWriter(BlobWriter):
             # A call that already ended raises InvalidStateError here; awaiting
             # it then gives its status.
             with contextlib.suppress(asyncio.InvalidStateError):
-                await call.done_writing()
-            response = await call
+                await within(call.done_writing(), self._deadline)
+            response = await within(call, self._deadline)
         except grpc.aio.AioRpcError as exc:
             raise error_from(exc, f"upload to {self._url}") from None
         expected = Digest(self._hasher.digest())

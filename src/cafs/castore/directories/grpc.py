@@ -25,7 +25,7 @@ from cafs.castore.nodes import display_name
 from cafs.errors import CafsError, ClosureError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import castore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceStub
-from cafs.grpc.channel import ChannelAddress, Remote
+from cafs.grpc.channel import ChannelAddress, Remote, within
 from cafs.grpc.status import error_from
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class GrpcDirectoryService(Remote["DirectoryServiceAsyncStub"], DirectoryService
         request = rpc_directory_pb2.GetDirectoryRequest(digest=digest, recursive=False)
         found: Directory | None = None
         try:
-            async for message in self.stub.Get(request):
+            async for message in self.stream(lambda: self.stub.Get(request)):
                 if found is not None:
                     raise IntegrityError(f"{self.url} sent more than one directory for {digest}")
                 found = self._decoded(digest, message)
@@ -67,7 +67,7 @@ class GrpcDirectoryService(Remote["DirectoryServiceAsyncStub"], DirectoryService
         validator = RootToLeavesValidator(root)
         received = 0
         try:
-            async for message in self.stub.Get(request):
+            async for message in self.stream(lambda: self.stub.Get(request)):
                 directory = self._decoded(None, message)
                 try:
                     validator.add(directory)
@@ -118,7 +118,7 @@ class GrpcDirectoryService(Remote["DirectoryServiceAsyncStub"], DirectoryService
         return await putter.close()
 
     def put_multiple_start(self) -> DirectoryPutter:
-        return GrpcDirectoryPutter(self.stub, self.url)
+        return GrpcDirectoryPutter(self.stub, self.url, self.deadline)
 
 
 class GrpcDirectoryPutter(DirectoryPutter):
@@ -128,9 +128,10 @@ class GrpcDirectoryPutter(DirectoryPutter):
     the same error as on a local store rather than as the server's INTERNAL.
     """
 
-    def __init__(self, stub: DirectoryServiceAsyncStub, url: str) -> None:
+    def __init__(self, stub: DirectoryServiceAsyncStub, url: str, deadline: float) -> None:
         self._stub = stub
         self._url = url
+        self._deadline = deadline
         self._call: PutCall | None = None
         self._validator = LeavesToRootValidator()
         self._closed = False
@@ -146,7 +147,7 @@ class GrpcDirectoryPutter(DirectoryPutter):
         self._validator.add(directory)
         call = self._started()
         try:
-            await call.write(directory.to_proto())
+            await within(call.write(directory.to_proto()), self._deadline)
         except asyncio.InvalidStateError:
             await self._finish(call)  # the server failed the call: raise its status
         except grpc.aio.AioRpcError as exc:
@@ -174,8 +175,8 @@ class GrpcDirectoryPutter(DirectoryPutter):
             # A call that already ended raises InvalidStateError here; awaiting
             # it then gives its status.
             with contextlib.suppress(asyncio.InvalidStateError):
-                await call.done_writing()
-            response = await call
+                await within(call.done_writing(), self._deadline)
+            response = await within(call, self._deadline)
         except grpc.aio.AioRpcError as exc:
             raise error_from(exc, f"directory upload to {self._url}") from None
         try:

@@ -32,6 +32,10 @@ NAR_SHA256_SIZE = 32
 
 
 # Remote first: its connect and close are the service's.
+CALCULATE_NAR_DEADLINES = 60
+"""CalculateNAR renders a whole NAR on the daemon: it may take this many deadlines."""
+
+
 class GrpcPathInfoService(Remote["PathInfoServiceAsyncStub"], PathInfoService):
     def __init__(self, address: ChannelAddress) -> None:
         super().__init__(address, PathInfoServiceStub)
@@ -46,7 +50,7 @@ class GrpcPathInfoService(Remote["PathInfoServiceAsyncStub"], PathInfoService):
         digest = check_store_path_digest(digest)
         request = rpc_pathinfo_pb2.GetPathInfoRequest(by_output_hash=digest)
         try:
-            message = await self.stub.Get(request)
+            message = await self.unary(lambda timeout: self.stub.Get(request, timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -56,7 +60,10 @@ class GrpcPathInfoService(Remote["PathInfoServiceAsyncStub"], PathInfoService):
 
     async def put(self, info: PathInfo) -> PathInfo:
         try:
-            message = await self.stub.Put(info.to_proto())
+            request = info.to_proto()
+            message = await self.unary(
+                lambda timeout: self.stub.Put(request, timeout=timeout), idempotent=False
+            )
         except grpc.aio.AioRpcError as exc:
             raise error_from(exc, f"put of {info.store_path.absolute} to {self.url}") from None
         stored = self._decoded(message)
@@ -69,14 +76,21 @@ class GrpcPathInfoService(Remote["PathInfoServiceAsyncStub"], PathInfoService):
 
     async def list(self) -> AsyncIterator[PathInfo]:
         try:
-            async for message in self.stub.List(rpc_pathinfo_pb2.ListPathInfoRequest()):
+            request = rpc_pathinfo_pb2.ListPathInfoRequest()
+            async for message in self.stream(lambda: self.stub.List(request)):
                 yield self._decoded(message)
         except grpc.aio.AioRpcError as exc:
             raise error_from(exc, f"list of path infos from {self.url}") from None
 
     async def calculate_nar(self, node: Node) -> tuple[int, bytes]:
         try:
-            response = await self.stub.CalculateNAR(node_to_proto(b"", node))
+            request = node_to_proto(b"", node)
+            # The daemon renders the whole NAR: give it time in proportion.
+            response = await self.unary(
+                lambda timeout: self.stub.CalculateNAR(
+                    request, timeout=timeout * CALCULATE_NAR_DEADLINES
+                )
+            )
         except grpc.aio.AioRpcError as exc:
             raise error_from(exc, f"NAR calculation at {self.url}") from None
         if len(response.nar_sha256) != NAR_SHA256_SIZE:

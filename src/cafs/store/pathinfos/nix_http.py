@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 
 SCHEMES = ("nix+http", "nix+https")
 KEYS_OPTION = "trusted-public-keys"
-CONNECT_TIMEOUT = 30.0
-READ_TIMEOUT = 30.0
-"""Seconds one socket read may wait: a slow multi-gigabyte NAR is fine, a stalled one is not."""
+DEADLINE_OPTION = "deadline"
+DEFAULT_DEADLINE = 30.0
+"""Seconds a connection may take, and one socket read may wait (``?deadline=SECONDS``):
+a slow multi-gigabyte NAR is fine, a stalled one is not."""
 MAX_NARINFO_BYTES = 2 * 1024 * 1024
 READ_SIZE = 256 * 1024
 OK_STATUSES = range(200, 300)
@@ -74,6 +75,7 @@ class NixHttpAddress:
     """The cache's directory, ending in ``/``, without ``nix+`` or the query."""
     trusted_keys: tuple[VerifyingKey, ...] | None
     """None: narinfos are not checked; else one signature must verify with one of these."""
+    deadline: float = DEFAULT_DEADLINE
 
 
 def parse_address(url: str, parts: SplitResult) -> NixHttpAddress:
@@ -91,9 +93,13 @@ def parse_address(url: str, parts: SplitResult) -> NixHttpAddress:
     if parts.fragment:
         raise InvalidAddressError(url, f"{parts.scheme}:// takes no #fragment")
     keys: list[VerifyingKey] | None = None
+    deadline = DEFAULT_DEADLINE
     unknown: set[str] = set()
     for pair in parts.query.split("&") if parts.query else []:
         key, _, value = pair.partition("=")
+        if unquote(key) == DEADLINE_OPTION:
+            deadline = _seconds(url, unquote(value))
+            continue
         if unquote(key) != KEYS_OPTION:
             unknown.add(unquote(key))
             continue
@@ -105,13 +111,27 @@ def parse_address(url: str, parts: SplitResult) -> NixHttpAddress:
                 raise InvalidAddressError(url, f"{KEYS_OPTION}: {exc}") from None
     if unknown:
         raise InvalidAddressError(
-            url, f"unsupported option(s): {', '.join(sorted(unknown))} (only {KEYS_OPTION})"
+            url,
+            f"unsupported option(s): {', '.join(sorted(unknown))} "
+            f"(only {KEYS_OPTION} and {DEADLINE_OPTION})",
         )
     if keys is not None and not keys:
         raise InvalidAddressError(url, f"{KEYS_OPTION} is given without a key")
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
     base = urlunsplit((parts.scheme.removeprefix("nix+"), parts.netloc, path, "", ""))
-    return NixHttpAddress(base, None if keys is None else tuple(keys))
+    return NixHttpAddress(base, None if keys is None else tuple(keys), deadline)
+
+
+def _seconds(url: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e6:
+        raise InvalidAddressError(
+            url, f"{DEADLINE_OPTION} must be a number of seconds above 0, not {value!r}"
+        )
+    return seconds
 
 
 def shown(url: str) -> str:
@@ -140,14 +160,16 @@ class NixHttpPathInfoService(PathInfoService):
         blobs: BlobService,
         directories: DirectoryService,
         *,
-        connect_timeout: float = CONNECT_TIMEOUT,
-        read_timeout: float = READ_TIMEOUT,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         self.address = address
         self.blobs = blobs
         self.directories = directories
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            total=None,
+            sock_connect=connect_timeout or address.deadline,
+            sock_read=read_timeout or address.deadline,
         )
         self._session: aiohttp.ClientSession | None = None
         self._pending: dict[bytes, asyncio.Future[PathInfo | None]] = {}
