@@ -59,21 +59,24 @@ def test_cat_of_a_large_file_is_byte_exact(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["castore", "cat", "b3:" + "A" * 43 + "="], "error: blob b3:AAAA"),
-        (["castore", "ls", COMPLICATED], "error: directory b3:Qkp/"),
-        (["castore", "cat", "nonsense"], "error: invalid digest 'nonsense'"),
-        (["castore", "ingest", "/does/not/exist"], "error: /does/not/exist: No such file"),
+        (["castore", "cat", "b3:" + "A" * 43 + "="], "error: blob b3:AAAA", 3),
+        (["castore", "ls", COMPLICATED], "error: directory b3:Qkp/", 3),
+        (["castore", "cat", "nonsense"], "error: invalid digest 'nonsense'", 4),
+        (["castore", "ingest", "/does/not/exist"], "error: /does/not/exist: No such file", 1),
         (["castore", "ls", "--blob-service-addr", "bogus://x", COMPLICATED],
-         "error: invalid service address 'bogus://x': unknown blob service scheme"),
+         "error: invalid service address 'bogus://x': unknown blob service scheme", 4),
         (["castore", "ls", "--directory-service-addr", "sqlite:///", COMPLICATED],
-         "error: invalid service address 'sqlite:///': refusing"),
+         "error: invalid service address 'sqlite:///': refusing", 4),
     ],
 )  # fmt: skip
-def test_errors_are_one_line_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
+def test_errors_are_one_line_with_the_exit_code_of_their_kind(
+    tmp_path: Path, args: list[str], message: str, code: int
+) -> None:
+    """3 not found, 4 invalid input, 1 anything else (README: exit codes)."""
     result = cafs(*args, home=tmp_path / "home", check=False)
-    assert result.returncode == 1
+    assert result.returncode == code
     assert result.stderr.startswith(message)
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr

@@ -30,6 +30,8 @@ from cafs.store.hashes import CAHash, NixHash
 from cafs.store.narinfo import NarInfo
 from cafs.store.storepath import StorePath
 from tests.cli.test_store_cli import (
+    NOT_FOUND,
+    UNREACHABLE,
     assert_one_line_error,
     closure_entry,
     expected_path,
@@ -113,9 +115,9 @@ def test_castore_ingest_cat_and_ls_through_the_daemon(daemon: Daemon, tmp_path: 
 
     missing = "b3:" + "A" * 43 + "="
     result = cafs("castore", "cat", missing, home=client, **env, check=False)
-    assert_one_line_error(result, f"blob {missing} not found")
+    assert_one_line_error(result, f"blob {missing} not found", NOT_FOUND)
     result = cafs("castore", "ls", missing, home=client, **env, check=False)
-    assert_one_line_error(result, f"directory {missing} not found")
+    assert_one_line_error(result, f"directory {missing} not found", NOT_FOUND)
     assert not client.exists()  # nothing was written to the client's embedded store
 
 
@@ -156,7 +158,7 @@ def test_import_path_info_and_nar_dump_through_the_daemon(daemon: Daemon, tmp_pa
 
     wrong = StorePath(expected[0].digest, "wrongname").absolute
     result = cafs("path-info", wrong, *remote(daemon.url), home=client, check=False)
-    assert_one_line_error(result, f"{wrong} is not in the store")
+    assert_one_line_error(result, f"{wrong} is not in the store", NOT_FOUND)
     assert not client.exists()
 
 
@@ -269,7 +271,7 @@ def test_wait_connect_fails_fast_when_nobody_listens(tmp_path: Path) -> None:
         started = time.monotonic()
         result = cafs(*command, *flags, home=home, check=False)
         assert time.monotonic() - started < FAST, command
-        assert_one_line_error(result, f"cannot connect to {url}\n")
+        assert_one_line_error(result, f"cannot connect to {url}\n", UNREACHABLE)
     assert not home.exists()
     assert not os.path.ismount(mnt)
 

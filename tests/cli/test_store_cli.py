@@ -28,6 +28,9 @@ from cafs.store.storepath import StorePath, ca_store_path
 from tests.fixtures import make_complicated
 from tests.process import CAFS, cafs, cafs_bytes, store_env
 
+NOT_FOUND, INVALID, CORRUPT, UNREACHABLE = 3, 4, 5, 6
+"""Exit codes (README: exit codes), written out here rather than imported."""
+
 # -- an independent NAR encoder ---------------------------------------------------------
 
 
@@ -63,8 +66,11 @@ def expected_path(name: str, nar: bytes) -> StorePath:
     return ca_store_path(name, CAHash("nar", NixHash("sha256", hashlib.sha256(nar).digest())))
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], message: str) -> None:
-    assert result.returncode == 1, result.stderr
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], message: str, code: int = 1
+) -> None:
+    """One line on stderr, and the exit code of its kind (README: exit codes)."""
+    assert result.returncode == code, result.stderr
     assert result.stdout == ""
     assert result.stderr.startswith(f"error: {message}"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
@@ -181,17 +187,17 @@ def test_malformed_nar_import_leaves_no_path(tmp_path: Path) -> None:
     nar_file.write_bytes(bad)
     result = cafs("nar", "import", str(nar_file), home=home, check=False)
     assert_one_line_error(
-        result, "NAR is malformed at byte 824: expected 'entry' or ')', found '('\n"
+        result, "NAR is malformed at byte 824: expected 'entry' or ')', found '('\n", INVALID
     )
     truncated = tmp_path / "truncated.nar"
     truncated.write_bytes(good[:500])
     result = cafs("nar", "import", "--name", "bad", str(truncated), home=home, check=False)
-    assert_one_line_error(result, "NAR is truncated")
+    assert_one_line_error(result, "NAR is truncated", INVALID)
     # Neither the path a correct import makes nor one named after the bad bytes exists.
     for nar in (good, bad):
         path = expected_path("bad", nar).absolute
         result = cafs("path-info", path, home=home, check=False)
-        assert_one_line_error(result, f"{path} is not in the store")
+        assert_one_line_error(result, f"{path} is not in the store", NOT_FOUND)
 
 
 # -- refusals ---------------------------------------------------------------------------
@@ -206,9 +212,10 @@ def test_bad_names_and_unknown_paths_are_one_line_errors(tmp_path: Path) -> None
         assert_one_line_error(
             result,
             f"{source}: {name!r} cannot name a store path: character {bad} at position",
+            INVALID,
         )
     result = cafs("path-info", "not-a-path", home=home, check=False)
-    assert_one_line_error(result, "invalid store path 'not-a-path'")
+    assert_one_line_error(result, "invalid store path 'not-a-path'", INVALID)
     result = cafs("nar", "import", str(tmp_path / "missing.nar"), home=home, check=False)
     assert_one_line_error(result, f"cannot open {tmp_path / 'missing.nar'}: No such file")
 
@@ -219,7 +226,7 @@ def test_bad_names_and_unknown_paths_are_one_line_errors(tmp_path: Path) -> None
     wrong = StorePath(imported.digest, "wrongname")
     for command in (("nar", "dump"), ("path-info",)):
         result = cafs(*command, wrong.absolute, home=home, check=False)
-        assert_one_line_error(result, f"{wrong.absolute} is not in the store")
+        assert_one_line_error(result, f"{wrong.absolute} is not in the store", NOT_FOUND)
 
 
 # -- copy -------------------------------------------------------------------------------
@@ -246,11 +253,12 @@ def test_copy_refuses_bad_closure_files(tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
     absent = f"/nix/store/{nixbase32.encode(bytes(range(20)))}-cafs-test-absent"
     cases = [
-        (missing, f"cannot read {missing}: No such file or directory"),
-        (tmp_path / "broken.json", f"{tmp_path / 'broken.json'} is not valid JSON"),
+        (missing, f"cannot read {missing}: No such file or directory", INVALID),
+        (tmp_path / "broken.json", f"{tmp_path / 'broken.json'} is not valid JSON", INVALID),
         (
             write_json(tmp_path / "nokey.json", {"other": []}),
             f"{tmp_path / 'nokey.json'} has no 'closure' list",
+            INVALID,
         ),
         (
             write_json(
@@ -258,16 +266,18 @@ def test_copy_refuses_bad_closure_files(tmp_path: Path) -> None:
                 {"closure": [{"path": absent, "narSize": 1, "references": []}]},
             ),
             f"closure entry {absent}: field 'narHash' is missing",
+            INVALID,
         ),
         (
             write_json(tmp_path / "absent.json", {"closure": [closure_entry(absent, b"x")]}),
             f"{absent}: No such file or directory\n",
+            1,
         ),
     ]
     (tmp_path / "broken.json").write_text('{"closure": [')
-    for file, message in cases:
+    for file, message, code in cases:
         result = cafs("copy", str(file), home=home, check=False)
-        assert_one_line_error(result, message)
+        assert_one_line_error(result, message, code)
 
 
 @pytest.fixture
@@ -344,6 +354,6 @@ def test_copy_from_the_nix_store(
     )
     other_home = tmp_path / "other"
     result = cafs("copy", str(lying), home=other_home, check=False)
-    assert_one_line_error(result, f"{single_path.absolute} on disk does not match")
+    assert_one_line_error(result, f"{single_path.absolute} on disk does not match", CORRUPT)
     result = cafs("path-info", single_path.absolute, home=other_home, check=False)
-    assert_one_line_error(result, f"{single_path.absolute} is not in the store")
+    assert_one_line_error(result, f"{single_path.absolute} is not in the store", NOT_FOUND)

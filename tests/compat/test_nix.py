@@ -251,8 +251,8 @@ def test_copy_refuses_a_path_whose_nar_does_not_match(
     bad.write_text(json.dumps(attrs))
 
     result = cafs("copy", str(bad), home=home, check=False)
-    assert result.returncode == 1, result
+    assert result.returncode == 5, result  # corrupt: the NAR does not match its hash
     assert "error" in result.stderr and exported.inner in result.stderr, result.stderr
     assert exported.inner not in result.stdout.splitlines()
     lookup = cafs("path-info", exported.inner, home=home, check=False)
-    assert lookup.returncode == 1 and "not in the store" in lookup.stderr, lookup
+    assert lookup.returncode == 3 and "not in the store" in lookup.stderr, lookup

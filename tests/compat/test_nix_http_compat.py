@@ -118,7 +118,7 @@ def test_a_compression_cafs_cannot_read_is_a_clear_error(
     with http_server(caches / compression) as host:
         result = cafs("path-info", exported.inner, "--path-info-service-addr",
                       f"nix+http://{host}", home=home, check=False)  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 7  # a storage failure: the cache cannot be read
     [line] = result.stderr.splitlines()
     assert f"unsupported compression {compression!r}" in line, line
 
@@ -163,11 +163,11 @@ def test_a_tampered_cache_is_refused_and_nothing_is_stored(
                     assert_same_bytes(nix.dump(m.path / basename(path)), nix.dump(path), path)
             log = m.stderr()
         assert re.search(f"{victim}: lookup failed: .*{re.escape(expected)}", log), log
-        # The same through the command line: one line, exit 1.
+        # The same through the command line: one line, exit 5 (corrupt).
         url = f"nix+http://{host}/?trusted-public-keys={exported.public_key}"
         result = cafs("path-info", exported.inner, "--path-info-service-addr", url,
                       home=home, check=False)  # fmt: skip
-        assert result.returncode == 1 and expected in result.stderr, result.stderr
+        assert result.returncode == 5 and expected in result.stderr, result.stderr
     kept = cafs("path-info", exported.inner, "--path-info-service-addr", f"sqlite://{near}",
                 home=home, check=False)  # fmt: skip
-    assert kept.returncode == 1 and "not in the store" in kept.stderr, kept
+    assert kept.returncode == 3 and "not in the store" in kept.stderr, kept

@@ -672,7 +672,7 @@ def test_the_cli_turns_a_bad_url_into_one_line(tmp_path: Path) -> None:
         home=tmp_path / "home",
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 4  # invalid input: a bad URL
     [line] = result.stderr.splitlines()
     assert "unsupported option(s): colour" in line
 
@@ -700,7 +700,7 @@ def test_reads_what_cafs_nar_bridge_serves(
         other = url.replace(KEY.name, OTHER_KEY.name)
         refused = cafs("nar", "dump", path, "--path-info-service-addr", other,
                        home=reading_home, check=False)  # fmt: skip
-    assert refused.returncode == 1
+    assert refused.returncode == 5  # corrupt: what the cache sent cannot be trusted
     assert "signed only by untrusted keys" in refused.stderr, refused.stderr
 
 

@@ -128,11 +128,11 @@ def test_mount_errors_are_one_line(corpus: Corpus, tmp_path: Path) -> None:
 
     unknown = str(Digest.of(b"no such directory"))
     absent = cafs("castore", "mount", unknown, str(tmp_path), home=corpus.home, check=False)
-    assert absent.returncode == 1
+    assert absent.returncode == 3  # not found (README: exit codes)
     assert absent.stderr == f"error: directory {unknown} not found\n"
 
     bad = cafs("castore", "mount", "b3:xyz", str(tmp_path), home=corpus.home, check=False)
-    assert bad.returncode == 1 and bad.stderr.startswith("error: ")
+    assert bad.returncode == 4 and bad.stderr.startswith("error: ")  # invalid input
 
     with mounted(corpus.digest, tmp_path / "m", corpus.home) as m:
         busy = cafs("castore", "mount", corpus.digest, str(m.path), home=corpus.home, check=False)

@@ -132,6 +132,6 @@ def test_an_unknown_digest_is_a_one_line_error(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # not found
     assert result.stderr.strip().startswith("error: directory b3:")
     assert not (tmp_path / "s.sock").exists()

@@ -12,8 +12,8 @@ from cafs.castore.directory import Directory
 from cafs.castore.ingest import ingest_path
 from cafs.castore.nodes import DirectoryNode, FileNode, Node
 from cafs.cli.common import (
-    CommandError,
     MountFlags,
+    NotFoundError,
     castore_service_options,
     filesystem_options,
     run_async,
@@ -71,7 +71,7 @@ async def castore_cat(
     async def body(services: CastoreServices) -> None:
         reader = await services.blobs.open_read(wanted)
         if reader is None:
-            raise CommandError(f"blob {wanted} not found")
+            raise NotFoundError(f"blob {wanted} not found")
         out = sys.stdout.buffer
         async with reader:
             while block := await reader.read(1 << 20):
@@ -84,7 +84,7 @@ async def castore_cat(
 async def required_directory(services: CastoreServices, digest: Digest) -> Directory:
     directory = await services.directories.get(digest)
     if directory is None:
-        raise CommandError(f"directory {digest} not found")
+        raise NotFoundError(f"directory {digest} not found")
     return directory
 
 
@@ -121,7 +121,7 @@ async def castore_ls(
                 if recursive and isinstance(node, DirectoryNode):
                     child = await services.directories.get(node.digest)
                     if child is None:
-                        raise CommandError(f"directory {node.digest} ({path}) not found")
+                        raise NotFoundError(f"directory {node.digest} ({path}) not found")
                     await show(child, path + "/")
 
         await show(root, "")

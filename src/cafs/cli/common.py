@@ -8,12 +8,20 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
 from cafs.config import CastoreServices
-from cafs.errors import CafsError
+from cafs.errors import (
+    CafsError,
+    IntegrityError,
+    InvalidAddressError,
+    RemoteError,
+    StorageError,
+    ValidationError,
+)
 from cafs.fs.root_nodes import RootNodes
 from cafs.fuse import DEFAULT_THREADS
 
@@ -29,8 +37,50 @@ class CommandError(CafsError):
     """A user mistake the CLI reports in one line."""
 
 
+class NotFoundError(CommandError):
+    """What the command was asked for is not in the store."""
+
+
+class ExitCode(IntEnum):
+    """The exit status of each kind of failure, so scripts can tell them apart."""
+
+    OK = 0
+    ERROR = 1
+    """Any other failure (a mount point, a socket, a file that cannot be imported)."""
+    USAGE = 2
+    """Unknown flags or missing arguments (click's own)."""
+    NOT_FOUND = 3
+    INVALID = 4
+    """Input that breaks a rule: a malformed NAR, digest, store path or narinfo, a bad URL."""
+    CORRUPT = 5
+    """Stored or received data that does not match its digest or hash."""
+    UNREACHABLE = 6
+    """A remote service that cannot be reached or does not answer within its deadline."""
+    STORAGE = 7
+    """A backend failed otherwise (disk, database, a remote service's error)."""
+    INTERRUPTED = 130
+
+
+def exit_code(exc: CafsError) -> ExitCode:
+    if isinstance(exc, NotFoundError):
+        return ExitCode.NOT_FOUND
+    if isinstance(exc, ValidationError | InvalidAddressError):
+        return ExitCode.INVALID
+    if isinstance(exc, IntegrityError):
+        return ExitCode.CORRUPT
+    if isinstance(exc, RemoteError):
+        if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            return ExitCode.UNREACHABLE
+        if exc.code == "DATA_LOSS":
+            return ExitCode.CORRUPT
+        return ExitCode.STORAGE
+    if isinstance(exc, StorageError):
+        return ExitCode.STORAGE
+    return ExitCode.ERROR
+
+
 def run_async(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
-    """Run an async command; cafs errors become one line on stderr and exit code 1."""
+    """Run an async command; cafs errors become one line on stderr and their exit code."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -38,10 +88,10 @@ def run_async(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
             return asyncio.run(func(*args, **kwargs))
         except CafsError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(exit_code(exc))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(ExitCode.INTERRUPTED)
 
     return wrapper
 

@@ -13,6 +13,7 @@ import click
 from cafs.cli.common import (
     CommandError,
     MountFlags,
+    NotFoundError,
     P,
     T,
     castore_service_options,
@@ -24,7 +25,6 @@ from cafs.cli.common import (
     using,
 )
 from cafs.config import StoreServices
-from cafs.errors import StorePathError
 from cafs.progress import count_progress, ingest_progress
 from cafs.store.copy import copy_closure, read_closure
 from cafs.store.importer import import_nar, import_path
@@ -56,17 +56,15 @@ async def with_store_services(
 
 
 def parse_store_path(text: str) -> StorePath:
-    try:
-        return StorePath.parse(text)
-    except StorePathError as exc:
-        raise CommandError(str(exc)) from exc
+    """A store path given on the command line (a StorePathError is invalid input, exit 4)."""
+    return StorePath.parse(text)
 
 
 async def required_path_info(services: StoreServices, path: StorePath) -> PathInfo:
     """The PathInfo of exactly ``path``, digest and name, or a one-line error."""
     info = await services.path_infos.get_path(path)
     if info is None:
-        raise CommandError(f"{path.absolute} is not in the store")
+        raise NotFoundError(f"{path.absolute} is not in the store")
     return info
 
 

@@ -27,7 +27,7 @@ from cafs.errors import CafsError, ClosureError, IntegrityError, StorageError
 from cafs.gen.tvix.castore.v1 import castore_pb2, rpc_blobstore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceServicer
 from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceServicer
-from cafs.grpc.status import abort
+from cafs.grpc.status import Refusal, abort, refuse
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -56,7 +56,7 @@ class BlobServer(BlobServiceServicer):
         except CafsError as exc:
             await abort(context, exc)
         if chunks is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"blob {digest} not found")
+            await refuse(context, Refusal.MISSING, f"blob {digest} not found")
         return rpc_blobstore_pb2.StatBlobResponse(
             chunks=[
                 rpc_blobstore_pb2.StatBlobResponse.ChunkMeta(digest=c.digest, size=c.size)
@@ -73,7 +73,7 @@ class BlobServer(BlobServiceServicer):
         except CafsError as exc:
             await abort(context, exc)
         if reader is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"blob {digest} not found")
+            await refuse(context, Refusal.MISSING, f"blob {digest} not found")
         async with reader:
             chunks = await self._chunk_list(digest, reader.size, context)
             if chunks is not None:
@@ -191,12 +191,12 @@ class BlobServer(BlobServiceServicer):
         except BaseException as exc:
             await writer.abort()
             if isinstance(exc, CafsError):
-                await context.abort(grpc.StatusCode.INTERNAL, f"error copying: {exc}")
+                await refuse(context, Refusal.FAILED, f"error copying: {exc}")
             raise
         try:
             digest = await writer.close()
         except CafsError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, f"error closing stream: {exc}")
+            await refuse(context, Refusal.FAILED, f"error closing stream: {exc}")
         return rpc_blobstore_pb2.PutBlobResponse(digest=digest)
 
 
@@ -227,7 +227,7 @@ class DirectoryServer(DirectoryServiceServicer):
         self, request: rpc_directory_pb2.GetDirectoryRequest, context: Context
     ) -> AsyncIterator[castore_pb2.Directory]:
         if request.WhichOneof("by_what") is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid by_what")
+            await refuse(context, Refusal.BAD_REQUEST, "invalid by_what")
         try:
             digest = Digest(request.digest)
         except CafsError as exc:
@@ -236,16 +236,16 @@ class DirectoryServer(DirectoryServiceServicer):
             try:
                 directory = await self.directories.get(digest)
             except CafsError as exc:
-                await abort(context, exc, grpc.StatusCode.INTERNAL)
+                await abort(context, exc, Refusal.FAILED)
             if directory is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"directory {digest} not found")
+                await refuse(context, Refusal.MISSING, f"directory {digest} not found")
             yield directory.to_proto()
             return
         try:
             async for directory in self.directories.get_recursive(digest):
                 yield directory.to_proto()
         except CafsError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            await refuse(context, Refusal.FAILED, str(exc))
 
     async def Put(
         self, request_iterator: AsyncIterator[castore_pb2.Directory], context: Context
@@ -255,13 +255,13 @@ class DirectoryServer(DirectoryServiceServicer):
             async for message in request_iterator:
                 validator.add(Directory.from_proto(message))
         except CafsError as exc:
-            await abort(context, exc, grpc.StatusCode.INTERNAL)
+            await abort(context, exc, Refusal.FAILED)
         if not len(validator):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "got no directories")
+            await refuse(context, Refusal.BAD_REQUEST, "got no directories")
         try:
             root, directories = validator.finish()
         except ClosureError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            await refuse(context, Refusal.FAILED, str(exc))
         try:
             await self.directories.put_many(directories)
         except CafsError as exc:

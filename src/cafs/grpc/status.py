@@ -1,16 +1,18 @@
 """The one mapping between cafs errors and gRPC status codes, in both directions.
 
-Servers turn a cafs error into a status (``status_of``); clients turn a
-status back into a cafs error (``error_from``). The codes follow tvix:
-invalid requests are INVALID_ARGUMENT, storage failures DATA_LOSS
-(``storage error: ...``), anything else INTERNAL. Where tvix answers one RPC
-step with another code (a bad directory closure is INTERNAL), the server
-passes that code in as ``otherwise`` for validation errors.
+Servers turn a cafs error into a status (``status_of``) and refuse a call
+for a reason of their own (``refuse`` with a ``Refusal``); clients turn a
+status back into a cafs error (``error_from``). No other module names a
+status code. The codes follow tvix: invalid requests are INVALID_ARGUMENT,
+storage failures DATA_LOSS (``storage error: ...``), anything else INTERNAL.
+Where tvix answers one RPC step with another code (a bad directory closure
+is INTERNAL), the server passes that refusal in for validation errors.
 """
 
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import NoReturn
 
 import grpc
@@ -26,6 +28,22 @@ from cafs.errors import (
 
 log = logging.getLogger(__name__)
 
+
+class Refusal(Enum):
+    """Why a server ends a call, where no cafs error says it, and the code that tells."""
+
+    MISSING = grpc.StatusCode.NOT_FOUND
+    """What was asked for is not stored."""
+    BAD_REQUEST = grpc.StatusCode.INVALID_ARGUMENT
+    """The request breaks a rule of the protocol."""
+    UNSPECIFIED = grpc.StatusCode.UNIMPLEMENTED
+    """A request's ``oneof`` is unset (tvix answers PathInfo Get so)."""
+    FAILED = grpc.StatusCode.INTERNAL
+    """The server could not do it (tvix: copying a blob, a closure, a listing)."""
+    LOST = grpc.StatusCode.DATA_LOSS
+    """Stored data could not be read back whole."""
+
+
 # Codes that say "the request was wrong", so the client reports a validation error.
 _REQUEST_CODES = frozenset(
     {
@@ -37,11 +55,11 @@ _REQUEST_CODES = frozenset(
 
 
 def status_of(
-    exc: BaseException, validation_code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+    exc: BaseException, validation: Refusal = Refusal.BAD_REQUEST
 ) -> tuple[grpc.StatusCode, str]:
     """The status a server answers ``exc`` with."""
     if isinstance(exc, ValidationError):
-        return validation_code, str(exc)
+        return validation.value, str(exc)
     if isinstance(exc, RemoteError):
         # A daemon in front of another daemon passes the far side's answer on.
         return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNAVAILABLE), str(exc)
@@ -58,11 +76,25 @@ def status_of(
 async def abort(
     context: grpc.aio.ServicerContext[object, object],
     exc: BaseException,
-    validation_code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+    validation: Refusal = Refusal.BAD_REQUEST,
 ) -> NoReturn:
-    code, message = status_of(exc, validation_code)
+    """End the call with the status of ``exc``."""
+    code, message = status_of(exc, validation)
     await context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+async def refuse(
+    context: grpc.aio.ServicerContext[object, object], why: Refusal, message: str
+) -> NoReturn:
+    """End the call for a reason of the server's own."""
+    await context.abort(why.value, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+def is_missing(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call means "not stored" (a client answers None, not an error)."""
+    return exc.code() == Refusal.MISSING.value
 
 
 def error_from(exc: grpc.aio.AioRpcError, what: str) -> CafsError:

@@ -21,7 +21,7 @@ from cafs.errors import CafsError, PathInfoValidationError, RemoteError, Validat
 from cafs.gen.tvix.castore.v1 import castore_pb2
 from cafs.gen.tvix.store.v1 import pathinfo_pb2, rpc_pathinfo_pb2
 from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceServicer
-from cafs.grpc.status import abort
+from cafs.grpc.status import Refusal, abort, refuse
 from cafs.store.importer import nar_of
 from cafs.store.pathinfo import PathInfo
 from cafs.store.storepath import DIGEST_SIZE
@@ -40,10 +40,11 @@ class PathInfoServer(PathInfoServiceServicer):
         self, request: rpc_pathinfo_pb2.GetPathInfoRequest, context: Context
     ) -> pathinfo_pb2.PathInfo:
         if request.WhichOneof("by_what") is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "by_what needs to be specified")
+            await refuse(context, Refusal.UNSPECIFIED, "by_what needs to be specified")
         if len(request.by_output_hash) != DIGEST_SIZE:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            await refuse(
+                context,
+                Refusal.BAD_REQUEST,
                 f"invalid output digest length: {len(request.by_output_hash)} bytes, "
                 f"expected {DIGEST_SIZE}",
             )
@@ -52,7 +53,7 @@ class PathInfoServer(PathInfoServiceServicer):
         except CafsError as exc:
             await abort(context, exc)
         if info is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "PathInfo not found")
+            await refuse(context, Refusal.MISSING, "PathInfo not found")
         return info.to_proto()
 
     async def Put(self, request: pathinfo_pb2.PathInfo, context: Context) -> pathinfo_pb2.PathInfo:
@@ -61,7 +62,7 @@ class PathInfoServer(PathInfoServiceServicer):
         except PathInfoValidationError as exc:
             # tvix's wording; the model's own "invalid path info: " is not repeated.
             reason = str(exc).removeprefix(INVALID_PATH_INFO)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid path info: {reason}")
+            await refuse(context, Refusal.BAD_REQUEST, f"Invalid path info: {reason}")
         try:
             stored = await self.services.path_infos.put(info)
         except CafsError as exc:
@@ -74,19 +75,15 @@ class PathInfoServer(PathInfoServiceServicer):
         try:
             name, node = node_from_proto(request)
         except ValidationError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid root node: {exc}")
+            await refuse(context, Refusal.BAD_REQUEST, f"invalid root node: {exc}")
         if name:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "invalid root node: it must have no name"
-            )
+            await refuse(context, Refusal.BAD_REQUEST, "invalid root node: it must have no name")
         try:
             nar_size, nar_sha256 = await nar_of(node, self.services)
         except RemoteError as exc:
             await abort(context, exc)  # a proxy passes the far side's answer on
         except CafsError as exc:
-            await context.abort(
-                grpc.StatusCode.DATA_LOSS, f"storage error: failed rendering nar: {exc}"
-            )
+            await refuse(context, Refusal.LOST, f"storage error: failed rendering nar: {exc}")
         return rpc_pathinfo_pb2.CalculateNARResponse(nar_size=nar_size, nar_sha256=nar_sha256)
 
     async def List(
@@ -96,4 +93,4 @@ class PathInfoServer(PathInfoServiceServicer):
             async for info in self.services.path_infos.list():
                 yield info.to_proto()
         except CafsError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            await refuse(context, Refusal.FAILED, str(exc))

@@ -37,7 +37,7 @@ from cafs.errors import CafsError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceStub
 from cafs.grpc.channel import ChannelAddress, Remote, within
-from cafs.grpc.status import error_from
+from cafs.grpc.status import error_from, is_missing
 
 if TYPE_CHECKING:
     from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceAsyncStub
@@ -72,7 +72,7 @@ class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
         try:
             return await self.unary(lambda timeout: self.stub.Stat(request, timeout=timeout))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            if is_missing(exc):
                 return None
             raise error_from(exc, f"stat of blob {digest} at {self.url}") from None
 
@@ -101,7 +101,7 @@ class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
             async for message in self.stream(lambda: self.stub.Read(request)):
                 parts.append(message.data)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND and not parts:
+            if is_missing(exc) and not parts:
                 return None
             raise error_from(exc, f"read of blob {digest} from {self.url}") from None
         data = parts[0] if len(parts) == 1 else b"".join(parts)

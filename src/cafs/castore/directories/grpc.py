@@ -26,7 +26,7 @@ from cafs.errors import CafsError, ClosureError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import castore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceStub
 from cafs.grpc.channel import ChannelAddress, Remote, within
-from cafs.grpc.status import error_from
+from cafs.grpc.status import error_from, is_missing
 
 if TYPE_CHECKING:
     from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceAsyncStub
@@ -56,7 +56,7 @@ class GrpcDirectoryService(Remote["DirectoryServiceAsyncStub"], DirectoryService
                     raise IntegrityError(f"{self.url} sent more than one directory for {digest}")
                 found = self._decoded(digest, message)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            if is_missing(exc):
                 return None
             raise error_from(exc, f"get of directory {digest} from {self.url}") from None
         return found
@@ -76,7 +76,7 @@ class GrpcDirectoryService(Remote["DirectoryServiceAsyncStub"], DirectoryService
                 received += 1
                 yield directory
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND and not received:
+            if is_missing(exc) and not received:
                 return
             raise error_from(exc, f"get of directory closure {root} from {self.url}") from None
         missing = validator.missing()

@@ -17,7 +17,7 @@ from cafs.errors import CafsError, IntegrityError
 from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceStub
 from cafs.grpc.channel import ChannelAddress, Remote
-from cafs.grpc.status import error_from
+from cafs.grpc.status import error_from, is_missing
 from cafs.store import nixbase32
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest, check_stored
@@ -52,7 +52,7 @@ class GrpcPathInfoService(Remote["PathInfoServiceAsyncStub"], PathInfoService):
         try:
             message = await self.unary(lambda timeout: self.stub.Get(request, timeout=timeout))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            if is_missing(exc):
                 return None
             what = f"path info {nixbase32.encode(digest)} from {self.url}"
             raise error_from(exc, f"get of {what}") from None
