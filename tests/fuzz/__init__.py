@@ -1,0 +1,1 @@
+"""Fuzz targets: every parser of untrusted input, fed generated and mutated bytes."""
