@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.process import CAFS, store_env
+from tests.process import CAFS, stop_process, store_env
 
 READY = re.compile(r"listening on (\S+) \(pid (\d+)\)")
 START_TIMEOUT = 30.0
@@ -41,14 +41,7 @@ class Daemon:
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        return self.process.returncode
+        return stop_process(self.process, signal.SIGTERM, timeout)
 
 
 def spawn_daemon(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,17 @@ def cafs_bytes(*args: str, home: Path) -> bytes:
     return subprocess.run(
         [*CAFS, *args], env=store_env(home), capture_output=True, check=True, timeout=300
     ).stdout
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout: float = 30.0
+) -> int:
+    """Send ``signum``, wait up to ``timeout``, then SIGKILL; the exit code."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+    return process.returncode

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.process import CAFS, store_env
+from tests.process import CAFS, stop_process, store_env
 
 START_TIMEOUT = 30.0
 
@@ -28,14 +28,7 @@ class VirtiofsDaemon:
         return self.process.wait(timeout=timeout)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        return self.process.returncode
+        return stop_process(self.process, signum, timeout)
 
 
 def spawn_virtiofs(home: Path, socket: Path, *args: str, log: Path | None = None) -> VirtiofsDaemon:

@@ -167,3 +167,16 @@ def directory_service_from_addr(url: str) -> DirectoryService:
     if scheme.startswith("objectstore+"):
         raise unsupported_remote(url, parts)
     raise InvalidAddressError(url, f"unknown directory service scheme {scheme!r}")
+
+
+def deadline_option(url: str, value: str) -> float:
+    """A ``?deadline=SECONDS`` value: a number of seconds above 0 (a bad one names the URL)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e6:
+        raise InvalidAddressError(
+            url, f"deadline must be a number of seconds above 0, not {value!r}"
+        )
+    return seconds

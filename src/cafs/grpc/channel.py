@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import grpc
 import grpc.aio
 
+from cafs.castore.composition import deadline_option
 from cafs.errors import InvalidAddressError, RemoteError
 
 SCHEMES = ("grpc+unix", "grpc+http", "grpc+https")
@@ -85,7 +86,7 @@ def parse_channel_url(url: str) -> ChannelAddress:
                 raise InvalidAddressError(url, "wait-connect must be 0 or 1")
             wait_connect = value == "1"
         elif key == "deadline":
-            deadline = _seconds(url, value)
+            deadline = deadline_option(url, value)
         else:
             raise InvalidAddressError(
                 url, f"unsupported option {key!r} (only wait-connect and deadline)"
@@ -109,18 +110,6 @@ def parse_channel_url(url: str) -> ChannelAddress:
         port = 443 if secure else 80
     shown = f"[{host}]" if ":" in host else host
     return ChannelAddress(url, f"{shown}:{port}", secure, wait_connect, deadline)
-
-
-def _seconds(url: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 1e6:
-        raise InvalidAddressError(
-            url, f"deadline must be a number of seconds above 0, not {value!r}"
-        )
-    return seconds
 
 
 async def within(step: Awaitable[R], seconds: float) -> R:

@@ -28,6 +28,7 @@ import aiohttp
 
 import cafs
 from cafs.castore.blobs.base import BlobService
+from cafs.castore.composition import deadline_option
 from cafs.castore.directories.base import DirectoryService
 from cafs.castore.nodes import Node
 from cafs.errors import (
@@ -98,7 +99,7 @@ def parse_address(url: str, parts: SplitResult) -> NixHttpAddress:
     for pair in parts.query.split("&") if parts.query else []:
         key, _, value = pair.partition("=")
         if unquote(key) == DEADLINE_OPTION:
-            deadline = _seconds(url, unquote(value))
+            deadline = deadline_option(url, unquote(value))
             continue
         if unquote(key) != KEYS_OPTION:
             unknown.add(unquote(key))
@@ -120,18 +121,6 @@ def parse_address(url: str, parts: SplitResult) -> NixHttpAddress:
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
     base = urlunsplit((parts.scheme.removeprefix("nix+"), parts.netloc, path, "", ""))
     return NixHttpAddress(base, None if keys is None else tuple(keys), deadline)
-
-
-def _seconds(url: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 1e6:
-        raise InvalidAddressError(
-            url, f"{DEADLINE_OPTION} must be a number of seconds above 0, not {value!r}"
-        )
-    return seconds
 
 
 def shown(url: str) -> str:
