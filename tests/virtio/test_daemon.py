@@ -135,3 +135,23 @@ def test_an_unknown_digest_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 3  # not found
     assert result.stderr.strip().startswith("error: directory b3:")
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_virtiofs_serves_its_request_metrics(store: tuple[Path, str], tmp_path: Path) -> None:
+    from tests.http.bridge import free_port
+    from tests.mount.test_metrics import scrape
+
+    home, digest = store
+    path = Path(socket_path(tmp_path))
+    port = free_port()
+    metrics = ("--metrics-listen-address", f"127.0.0.1:{port}")
+    with running_virtiofs(home, path, "castore", "virtiofs", *metrics, digest) as daemon:
+        front = connect(path)
+        front.start()
+        init(front)
+        lookup(front, b"hello")
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        front.close()
+        assert daemon.wait() == 0
+    assert samples['cafs_fuse_requests_total{opcode="INIT"}'] == 1
+    assert samples['cafs_fuse_requests_total{opcode="LOOKUP"}'] == 1

@@ -140,6 +140,7 @@ async def castore_mount(
     mountpoint: str,
     list_root: bool,
     show_xattr: bool,
+    metrics_listen_address: str | None,
     allow_other: bool,
     threads: int,
     blob_service_addr: str | None,
@@ -150,7 +151,7 @@ async def castore_mount(
 
     async def body(services: CastoreServices) -> None:
         root = await required_directory(services, wanted)
-        flags = MountFlags(list_root, show_xattr, allow_other, threads)
+        flags = MountFlags(list_root, show_xattr, allow_other, threads, metrics_listen_address)
         await serve_mount(
             services, DirectoryRootNodes(root), mountpoint, flags, f"directory {wanted}"
         )
@@ -169,6 +170,7 @@ async def castore_virtiofs(
     socket_path: str,
     list_root: bool,
     show_xattr: bool,
+    metrics_listen_address: str | None,
     threads: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
@@ -178,7 +180,7 @@ async def castore_virtiofs(
 
     async def body(services: CastoreServices) -> None:
         root = await required_directory(services, wanted)
-        flags = MountFlags(list_root, show_xattr, False, threads)
+        flags = MountFlags(list_root, show_xattr, False, threads, metrics_listen_address)
         await serve_virtiofs(
             services, DirectoryRootNodes(root), socket_path, flags, f"directory {wanted}"
         )

@@ -158,6 +158,12 @@ def filesystem_options(
                 help="Let other users use the mount (needs user_allow_other in /etc/fuse.conf).",
             )(func)
         func = click.option(
+            "--metrics-listen-address",
+            envvar="METRICS_LISTEN_ADDRESS",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics (FUSE requests, latency, errors) at /metrics there.",
+        )(func)
+        func = click.option(
             "--show-xattr/--no-show-xattr",
             default=True,
             show_default=True,
@@ -183,6 +189,18 @@ class MountFlags:
     show_xattr: bool
     allow_other: bool
     threads: int
+    metrics_listen_address: str | None = None
+
+
+def metrics_observer(flags: MountFlags) -> Callable[[int, float, int], None] | None:
+    """Start the metrics endpoint ``flags`` ask for; the observer that feeds it (or None)."""
+    if flags.metrics_listen_address is None:
+        return None
+    from cafs.metrics import observe_fuse, serve_metrics
+
+    url = serve_metrics(flags.metrics_listen_address)
+    log.info("metrics at %s", url)
+    return observe_fuse
 
 
 def new_filesystem(services: CastoreServices, roots: RootNodes, flags: MountFlags) -> Filesystem:
@@ -209,7 +227,11 @@ async def serve_mount(
     fs = new_filesystem(services, roots, flags)
     options = MountOptions(allow_other=flags.allow_other, threads=flags.threads)
     await serve(
-        fs, mountpoint, options, on_ready=lambda: log.info("serving %s at %s", what, mountpoint)
+        fs,
+        mountpoint,
+        options,
+        on_ready=lambda: log.info("serving %s at %s", what, mountpoint),
+        observer=metrics_observer(flags),
     )
 
 
@@ -221,8 +243,9 @@ async def serve_virtiofs(
     from cafs.fuse.server import Session
     from cafs.virtio.daemon import serve
 
+    observer = metrics_observer(flags)
     await serve(
-        lambda: Session(new_filesystem(services, roots, flags)),
+        lambda: Session(new_filesystem(services, roots, flags), observer=observer),
         socket_path,
         max_in_flight=flags.threads,
         on_ready=lambda: log.info("serving %s over virtiofs at %s", what, socket_path),

@@ -244,6 +244,7 @@ async def mount_command(
     mountpoint: str,
     list_root: bool,
     show_xattr: bool,
+    metrics_listen_address: str | None,
     allow_other: bool,
     threads: int,
     blob_service_addr: str | None,
@@ -253,7 +254,7 @@ async def mount_command(
     """Mount the store read-only at MOUNTPOINT: one entry per store path basename."""
 
     async def body(services: StoreServices) -> None:
-        flags = MountFlags(list_root, show_xattr, allow_other, threads)
+        flags = MountFlags(list_root, show_xattr, allow_other, threads, metrics_listen_address)
         await serve_mount(
             services, PathInfoRootNodes(services.path_infos), mountpoint, flags, "the store"
         )
@@ -272,6 +273,7 @@ async def virtiofs_command(
     socket_path: str,
     list_root: bool,
     show_xattr: bool,
+    metrics_listen_address: str | None,
     threads: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
@@ -280,7 +282,7 @@ async def virtiofs_command(
     """Serve the store to a VM over vhost-user-fs at SOCKET, until the VM goes away."""
 
     async def body(services: StoreServices) -> None:
-        flags = MountFlags(list_root, show_xattr, False, threads)
+        flags = MountFlags(list_root, show_xattr, False, threads, metrics_listen_address)
         await serve_virtiofs(
             services, PathInfoRootNodes(services.path_infos), socket_path, flags, "the store"
         )

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from cafs.fs.filesystem import Filesystem
 from cafs.fuse import abi
 from cafs.fuse.mount import MountOptions, mount, raise_readahead, unmount
-from cafs.fuse.server import Reply, Session, SessionOptions, describe_counts
+from cafs.fuse.server import Observer, Reply, Session, SessionOptions, describe_counts
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,13 @@ async def serve(
     options: MountOptions,
     on_ready: Callable[[], None] | None = None,
     session_options: SessionOptions | None = None,
+    observer: Observer | None = None,
 ) -> None:
     """Mount ``fs`` at ``mountpoint`` and serve it until stopped or unmounted."""
     mounted = mount(mountpoint, options)
     loop = asyncio.get_running_loop()
     channel = DevFuseChannel(mounted.fd, options.threads)
-    session = Session(fs, session_options, notify=channel.write)
+    session = Session(fs, session_options, notify=channel.write, observer=observer)
     stopping = False
 
     def stop(signum: int) -> None:

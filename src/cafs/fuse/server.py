@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 Buffer = bytes | bytearray | memoryview
 Reply = Sequence[Buffer]
 """A reply (or notification) as the pieces to write in one go, header first."""
+Observer = Callable[[int, float, int], None]
+"""Called with (opcode, seconds, errno) once a request is answered (metrics)."""
 
 ETERNITY = 1 << 62
 """Entry and attribute timeouts, in seconds: content never changes under a name."""
@@ -183,8 +186,11 @@ class Session:
         options: SessionOptions | None = None,
         *,
         notify: Callable[[Reply], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.fs = fs
+        self.observer = observer
+        """Told of every request answered: opcode, seconds taken, errno (0 for success)."""
         self.options = options or SessionOptions()
         self._notify = notify
         self.minor: int | None = None
@@ -207,6 +213,24 @@ class Session:
 
     def handle(self, request: Buffer) -> Reply | asyncio.Task[Reply | None] | None:
         """The reply to ``request``: at once, None (no reply due), or a task that gives it."""
+        observer = self.observer
+        if observer is None:
+            return self._handle(request)
+        started = time.perf_counter()
+        answer = self._handle(request)
+        opcode = int.from_bytes(request[4:8], "little") if len(request) >= 8 else 0
+        if isinstance(answer, asyncio.Task):
+
+            def done(task: asyncio.Task[Reply | None]) -> None:
+                reply = None if task.cancelled() else task.result()
+                observer(opcode, time.perf_counter() - started, _error_of(reply))
+
+            answer.add_done_callback(done)
+        else:
+            observer(opcode, time.perf_counter() - started, _error_of(answer))
+        return answer
+
+    def _handle(self, request: Buffer) -> Reply | asyncio.Task[Reply | None] | None:
         try:
             header = parse_header(request)
         except ValueError as exc:
@@ -551,6 +575,13 @@ def notify_inval_entry(parent: int, name: bytes) -> Reply:
     """NOTIFY_INVAL_ENTRY: forget the cached dentry ``name`` in ``parent``."""
     body = abi.notify_inval_entry_out.pack(parent, len(name), 0)
     return _notification(abi.NotifyCode.INVAL_ENTRY, body, name, b"\0")
+
+
+def _error_of(reply: Reply | None) -> int:
+    """The errno a reply carries (0: success, or no reply at all)."""
+    if not reply:
+        return 0
+    return -int(abi.out_header.unpack_from(reply[0])[1])
 
 
 def describe_counts(counts: dict[int, int]) -> str:
