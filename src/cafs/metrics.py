@@ -2,8 +2,9 @@
 
 What a mount or a virtiofs daemon answers: FUSE requests by opcode, how long
 each took (from the request read to its reply), and the errors returned by
-errno; plus the process's own figures (CPU, memory, open fds) that the client
-library exports. The endpoint is a small HTTP server on a thread of its own,
+errno; what a gRPC daemon answers: calls by method and status code, and how
+long they took; plus the process's own figures (CPU, memory, open fds) that
+the client library exports. The endpoint is a small HTTP server on a thread of its own,
 so a scrape never waits on the event loop.
 """
 
@@ -29,6 +30,24 @@ FUSE_SECONDS = Histogram(
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
              0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )  # fmt: skip
+
+
+GRPC_CALLS = Counter(
+    "cafs_grpc_calls", "gRPC calls answered, by method and status code", ["method", "code"]
+)
+GRPC_SECONDS = Histogram(
+    "cafs_grpc_call_seconds",
+    "Seconds a gRPC call took, by method",
+    ["method"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+             0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)  # fmt: skip
+
+
+def observe_grpc(method: str, code: str, seconds: float) -> None:
+    """A ``cafs.grpc.server.CallObserver``: one finished call."""
+    GRPC_CALLS.labels(method, code).inc()
+    GRPC_SECONDS.labels(method).observe(seconds)
 
 
 def _opcode_name(opcode: int) -> str:

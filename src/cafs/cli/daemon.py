@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cafs.cli.common import run_async, using
+from cafs.cli.common import log, run_async, using
 from cafs.cli.store import store_service_options
 from cafs.config import StoreServices
 
@@ -19,10 +19,17 @@ from cafs.config import StoreServices
     metavar="ADDR",
     help="host:port to listen on, or a unix socket path starting with / or .",
 )
+@click.option(
+    "--metrics-listen-address",
+    envvar="METRICS_LISTEN_ADDRESS",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics (calls by method and status, latency) at /metrics there.",
+)
 @store_service_options
 @run_async
 async def daemon(
     listen_address: str,
+    metrics_listen_address: str | None,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
     path_info_service_addr: str | None,
@@ -37,7 +44,13 @@ async def daemon(
     from cafs.grpc.server import serve
 
     address = parse_listen_address(listen_address)  # a ListenError is a one-line error
+    observer = None
+    if metrics_listen_address is not None:
+        from cafs.metrics import observe_grpc, serve_metrics
+
+        log.info("metrics at %s", serve_metrics(metrics_listen_address))
+        observer = observe_grpc
     services = StoreServices.from_addrs(
         blob_service_addr, directory_service_addr, path_info_service_addr
     )
-    await using(services, lambda s: serve(s, address))
+    await using(services, lambda s: serve(s, address, observer=observer))

@@ -45,19 +45,32 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
 )
 
 
+CallObserver = Callable[[str, str, float], None]
+"""Called with (method, status code name, seconds) once a call ends (metrics)."""
+
+
 def _logged(
-    method: str, behaviour: Callable[..., Any], streaming_response: bool
+    method: str,
+    behaviour: Callable[..., Any],
+    streaming_response: bool,
+    observer: CallObserver | None = None,
 ) -> Callable[..., Any]:
-    """``behaviour`` with one debug line per call: method, outcome, duration."""
+    """``behaviour`` with one debug line per call (method, outcome, duration), and its
+    outcome told to ``observer``."""
 
     def finish(context: grpc.aio.ServicerContext[Any, Any], started: float, failed: bool) -> None:
-        if not log.isEnabledFor(logging.DEBUG):
+        debug = log.isEnabledFor(logging.DEBUG)
+        if not debug and observer is None:
             return
         code = context.code()
         outcome = code.name if isinstance(code, grpc.StatusCode) else "OK"
         if failed and outcome == "OK":
             outcome = "CANCELLED"
-        log.debug("%s %s %.1f ms", method, outcome, (time.monotonic() - started) * 1000)
+        seconds = time.monotonic() - started
+        if observer is not None:
+            observer(method, outcome, seconds)
+        if debug:
+            log.debug("%s %s %.1f ms", method, outcome, seconds * 1000)
 
     if streaming_response:
 
@@ -85,7 +98,7 @@ def _logged(
 
 
 def _handler(
-    method: MethodDescriptor, behaviour: Callable[..., Any]
+    method: MethodDescriptor, behaviour: Callable[..., Any], observer: CallObserver | None = None
 ) -> grpc.RpcMethodHandler[Any, Any]:
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
@@ -99,7 +112,7 @@ def _handler(
         (method.client_streaming, method.server_streaming)
     ]
     return make(
-        _logged(method.full_name, behaviour, method.server_streaming),
+        _logged(method.full_name, behaviour, method.server_streaming, observer),
         request_deserializer=request.FromString,
         response_serializer=response.SerializeToString,
     )
@@ -111,10 +124,12 @@ def package_names(descriptor: ServiceDescriptor) -> list[str]:
 
 
 def service_handlers(
-    descriptor: ServiceDescriptor, servicer: object
+    descriptor: ServiceDescriptor, servicer: object, observer: CallObserver | None = None
 ) -> list[grpc.GenericRpcHandler]:
     """Handlers for ``servicer`` under each package name."""
-    handlers = {m.name: _handler(m, getattr(servicer, m.name)) for m in descriptor.methods}
+    handlers = {
+        m.name: _handler(m, getattr(servicer, m.name), observer) for m in descriptor.methods
+    }
     return [
         grpc.method_handlers_generic_handler(name, handlers) for name in package_names(descriptor)
     ]
@@ -128,7 +143,12 @@ def service_names() -> list[str]:
 class Daemon:
     """A gRPC server over ``services``, listening on one address."""
 
-    def __init__(self, services: StoreServices, address: ListenAddress) -> None:
+    def __init__(
+        self,
+        services: StoreServices,
+        address: ListenAddress,
+        observer: CallObserver | None = None,
+    ) -> None:
         self.services = services
         self.address = address
         self.server = grpc.aio.server(
@@ -148,7 +168,7 @@ class Daemon:
             strict=True,
         )
         for descriptor, servicer in servicers:
-            self.server.add_generic_rpc_handlers(service_handlers(descriptor, servicer))
+            self.server.add_generic_rpc_handlers(service_handlers(descriptor, servicer, observer))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         from grpc_reflection.v1alpha import reflection
@@ -190,9 +210,10 @@ async def serve(
     services: StoreServices,
     address: ListenAddress,
     on_ready: Callable[[str], Awaitable[None] | None] | None = None,
+    observer: CallObserver | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    daemon = Daemon(services, address)
+    daemon = Daemon(services, address, observer)
     url = await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
