@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import corpus
-from fs import Results, drop_caches, fmt
+from fs import METRICS, Results, drop_caches, fmt, ratio
 from ingest import BenchError, publish, remove, run, source_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,15 +51,6 @@ LARGE_NAME = "large.bin"
 RANDOM_READS = 2000
 HERE = Path(__file__).resolve().parent
 
-METRICS: list[tuple[str, str, bool]] = [
-    # key, label, higher is better
-    ("walk_cold", "metadata walk, cold (s)", False),
-    ("walk_warm", "metadata walk, warm (s)", False),
-    ("small_cold", "read every small file, cold (s)", False),
-    ("large_cold", "large file sequential read, cold (MB/s)", True),
-    ("large_warm", "large file sequential read, warm (MB/s)", True),
-    ("random_cold", "random 4 KiB reads, cold (ops/s)", True),
-]
 
 NINEP_MOUNT = "mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host9p /host"
 
@@ -192,14 +183,6 @@ def build(opts: argparse.Namespace) -> Bench:
         stamp.write_text(wanted)
     run(["gcc", "-static", "-O2", "-o", str(tools / "guestload"), str(HERE / "guestload.c")])
     return Bench(workdir, (workdir / "digest").read_text().strip(), opts.large_size)
-
-
-def ratio(results: Results, metric: str, higher: bool, ref: str) -> str:
-    ours, theirs = results.median("cafs", metric), results.median(ref, metric)
-    if not ours or not theirs:
-        return "-"
-    # "How many times the reference's cost": above 1 means cafs is slower.
-    return f"{(theirs / ours) if higher else (ours / theirs):.2f}×"
 
 
 def report(results: Results, opts: argparse.Namespace) -> str:

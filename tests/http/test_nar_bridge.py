@@ -181,6 +181,13 @@ async def test_nar_urls_that_name_no_node(bridge_factory) -> None:  # type: igno
     for bad in ("!!!", "AAAA", "Zm9v"):
         status, _, _ = await bridge.get(f"/nar/tvix-castore/{bad}?narsize=1")
         assert status == 404, bad
+    # A narsize that is not the NAR's: refused, never sent cut short or too long.
+    size = len(bridge.nar)
+    for lie in (size - 1, size + 1):
+        wrong = "/" + url.replace(f"narsize={size}", f"narsize={lie}")
+        for headers in ({}, {"Range": "bytes=0-9"}):
+            status, _, body = await bridge.get(wrong, headers=headers)
+            assert status == 400 and b"not " + str(lie).encode() in body, (lie, headers)
 
 
 async def test_zstd_serving(bridge_factory) -> None:  # type: ignore[no-untyped-def]

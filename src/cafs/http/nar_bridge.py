@@ -24,7 +24,7 @@ import hashlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -200,40 +200,32 @@ class NarBridge:
         headers = {"Cache-Control": IMMUTABLE, "Content-Type": NAR_TYPE}
         if compression != "none":
             return await self._send_compressed(request, node, compression, headers)
-        start, end = _range(request, nar_size)
-        response = web.StreamResponse(status=206 if request.http_range.start is not None
-                                      or request.http_range.stop is not None else 200,
-                                      headers=headers)  # fmt: skip
+        start, end, partial = _range(request, nar_size)
+        response = web.StreamResponse(status=206 if partial else 200, headers=headers)
         response.content_length = end - start
         response.headers["Accept-Ranges"] = "bytes"
-        if response.status == 206:
+        if partial:
             response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{nar_size}"
-        await response.prepare(request)
         if request.method == "HEAD":
+            await response.prepare(request)  # the size is the URL's word, unchecked
             return response
-        sent = 0
-        async for piece in self._render(node, start, end):
+        # The NAR's size is known before its first byte: one that is not the
+        # narsize promised is refused, not sent cut short or too long.
+        pieces = render_nar(node, self.services.blobs, self.services.directories, start, end,
+                            expected_size=nar_size)  # fmt: skip
+        try:
+            first = await anext(pieces)
+        except NarError as exc:
+            await pieces.aclose()
+            raise BadRequest(400, f"{request.path}: {exc} (narsize in the URL)") from None
+        await response.prepare(request)
+        await response.write(first)
+        # A blob that turns out shorter than its node claims fails the render
+        # here, which cuts the connection: no response that looks complete.
+        async for piece in pieces:
             await response.write(piece)
-            sent += len(piece)
-        if sent != end - start:
-            # The client was promised narsize bytes: cut the connection rather
-            # than end a response that looks complete.
-            log.warning(
-                "NAR of %s is %d bytes short of its narsize", request.path, end - start - sent
-            )
-            raise ConnectionResetError("NAR shorter than its narsize")
         await response.write_eof()
         return response
-
-    async def _render(self, node: Node, start: int, end: int) -> AsyncIterator[bytes]:
-        """The NAR's bytes from ``start`` to at most ``end``; more would break the promise."""
-        remaining = end - start
-        async for piece in render_nar(node, self.services.blobs, self.services.directories,
-                                      start, end):  # fmt: skip
-            yield piece
-            remaining -= len(piece)
-        if remaining < 0:
-            raise ConnectionResetError("NAR longer than its narsize")
 
     async def _send_compressed(
         self, request: web.Request, node: Node, compression: str, headers: dict[str, str]
@@ -375,19 +367,19 @@ class NarBridge:
         return web.Response(text="")
 
 
-def _range(request: web.Request, size: int) -> tuple[int, int]:
-    """The byte range asked for, as [start, end); 416 if none of it exists."""
+def _range(request: web.Request, size: int) -> tuple[int, int, bool]:
+    """The byte range asked for, as [start, end), and whether one was; 416 if none of it exists."""
     try:
         wanted = request.http_range
     except ValueError:
         raise BadRequest(416, "malformed Range header") from None
     start, stop = wanted.start, wanted.stop
     if start is None and stop is None:
-        return 0, size
+        return 0, size, False
     if start is not None and start < 0:  # "bytes=-N": the last N bytes
         start, stop = max(size + start, 0), size
     start = start or 0
     stop = size if stop is None else min(stop, size)
     if start >= size or start >= stop:
         raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
-    return start, stop
+    return start, stop, True

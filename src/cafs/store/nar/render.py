@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cafs.castore.blobs.base import BlobReader, BlobService
@@ -239,15 +239,19 @@ async def render_nar(
     directories: DirectoryService,
     start: int = 0,
     end: int | None = None,
-) -> AsyncIterator[bytes]:
+    expected_size: int | None = None,
+) -> AsyncGenerator[bytes, None]:
     """The NAR of ``root`` (bytes ``start`` to ``end``), in pieces of about ``OUTPUT_BLOCK``.
 
     A range skips what lies before it without fetching it: the NAR's layout
     is known from the directories alone, and a large file is entered at the
-    offset the range starts at.
+    offset the range starts at. With ``expected_size``, a NAR of another size
+    is a NarError before its first byte.
     """
     plan = _make_plan(root, await _load_closure(root, directories))
     total = sum(_piece_size(piece) for piece in plan.pieces)
+    if expected_size is not None and total != expected_size:
+        raise NarError(f"the NAR is {total} bytes, not {expected_size}")
     end = total if end is None else min(end, total)
     # Find the first piece the range touches, and the first fetch it needs.
     position = 0
