@@ -76,7 +76,7 @@ bench-nar: venv
 	$(BIN)/python bench/nar.py
 
 bench-grpc: venv
-	$(BIN)/python bench/grpc.py
+	$(BIN)/python bench/grpc_castore.py
 
 bench-virtiofs: venv system-vm
 	$(BIN)/python bench/virtiofs.py

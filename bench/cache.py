@@ -28,22 +28,43 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import statistics
-import subprocess
+import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import corpus
-from fs import drop_caches, is_mounted, wait_mounted
-from ingest import BenchError, publish, remove, run, source_state
+from harness import (
+    CAFS,
+    MIB,
+    BenchError,
+    Medians,
+    Stamp,
+    add_corpus_options,
+    add_report_options,
+    apt_install,
+    cafs_env,
+    drop_caches,
+    grouped,
+    lacks_root,
+    measure_and_publish,
+    mounted,
+    ratio,
+    read_through,
+    remove,
+    run,
+    serving,
+    source_state,
+    table,
+    table_row,
+    times,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-CAFS = [sys.executable, "-m", "cafs.cli"]
 NIX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NGINX_CONF = """
 daemon off;
@@ -71,44 +92,29 @@ def nix_env() -> dict[str, str]:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/nix-cache-info", timeout=2):
-                return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"{what} did not answer at {url}") from None
-            time.sleep(0.05)
+def answers(url: str) -> bool:
+    """Whether a binary cache answers at ``url`` (its ``nix-cache-info``)."""
+    try:
+        with urllib.request.urlopen(url + "/nix-cache-info", timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 @contextmanager
-def serving(command: list[str], url: str, what: str, env: dict[str, str] | None = None,
-            log: Path | None = None) -> Iterator[str]:  # fmt: skip
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=out)
-    try:
-        wait_http(url, process, what)
+def cache_server(
+    command: list[str], url: str, what: str, env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """A binary cache served by ``command`` at ``url`` for the length of the block."""
+    with serving(command, lambda: answers(url), f"{what} did not answer at {url}", env=env,
+                 log=log, stop_timeout=30):  # fmt: skip
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if log:
-            out.close()  # type: ignore[union-attr]
 
 
 class CacheBench:
@@ -117,22 +123,20 @@ class CacheBench:
         self.work: Path = opts.workdir.absolute()
         self.home = self.work / "home"
         self.cache = self.work / "file-cache"
-        self.results: dict[tuple[str, str], list[float]] = {}
+        self.results = Medians()
         self.paths: dict[str, str] = {}
 
     def add(self, key: tuple[str, str], seconds: float) -> None:
-        self.results.setdefault(key, []).append(seconds)
+        self.results.add(*key, seconds)
         print(f"  {key[0]} / {key[1]}: {seconds:.2f} s", file=sys.stderr)
 
     def setup(self) -> None:
         if shutil.which("nix-store") is None:
             run(["bash", str(REPO / "scripts" / "setup-nix.sh")])
         if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
-            run(["apt-get", "update", "-qq"])
-            run(["apt-get", "install", "-y", "-qq", "nginx-light"])
-        stamp = self.work / "corpus.done"
-        wanted = f"{self.opts.files} {self.opts.dirs} {self.opts.large_size} {self.opts.seed}"
-        if stamp.exists() and stamp.read_text() == wanted:
+            apt_install(["nginx-light"])
+        stamp = Stamp.of_corpus(self.work / "corpus.done", self.opts)
+        if stamp.current():
             for line in (self.work / "paths").read_text().splitlines():
                 name, _, path = line.partition(" ")
                 self.paths[name] = path
@@ -146,7 +150,7 @@ class CacheBench:
         (self.work / "bench-large").mkdir()
         corpus.generate_large(self.work / "bench-large" / "large.bin", self.opts.large_size,
                               seed=self.opts.seed)  # fmt: skip
-        env = {**os.environ, "CAFS_HOME": str(self.home)}
+        env = cafs_env(self.home)
         for name in ("bench-tree", "bench-large"):
             print(f"adding {name} to Nix and to cafs", file=sys.stderr)
             [theirs] = run(["nix-store", "--add", str(self.work / name)], env=nix_env()).split()
@@ -158,7 +162,7 @@ class CacheBench:
         run(["nix", "copy", "--to", f"file://{self.cache}?compression=none",
              *self.paths.values()], env=nix_env())  # fmt: skip
         (self.work / "paths").write_text("".join(f"{k} {v}\n" for k, v in self.paths.items()))
-        stamp.write_text(wanted)
+        stamp.write()
 
     @contextmanager
     def nginx(self) -> Iterator[str]:
@@ -166,16 +170,16 @@ class CacheBench:
         conf = self.work / "nginx.conf"
         conf.write_text(NGINX_CONF.format(work=self.work, port=port, root=self.cache))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        with serving([binary, "-c", str(conf)], f"http://127.0.0.1:{port}", "nginx") as url:
+        with cache_server([binary, "-c", str(conf)], f"http://127.0.0.1:{port}", "nginx") as url:
             yield url
 
     @contextmanager
     def bridge(self) -> Iterator[str]:
         port = free_port()
-        env = {**os.environ, "CAFS_HOME": str(self.home)}
+        env = cafs_env(self.home)
         command = [*CAFS, "nar-bridge", "--listen-address", f"127.0.0.1:{port}"]
-        with serving(command, f"http://127.0.0.1:{port}", "cafs nar-bridge", env,
-                     self.work / "nar-bridge.log") as url:  # fmt: skip
+        with cache_server(command, f"http://127.0.0.1:{port}", "cafs nar-bridge", env,
+                          self.work / "nar-bridge.log") as url:  # fmt: skip
             yield url
 
     def copy_from(self, source: str, url: str, number: int) -> None:
@@ -201,26 +205,15 @@ class CacheBench:
             "--directory-service-addr",
             "sqlite://" + quote(str(home / "directories.sqlite")),
         ]
+        mnt = self.work / "mnt"
         for label in ("first read", "second read"):
-            mnt = self.work / "mnt"
-            mnt.mkdir(exist_ok=True)
-            env = {**os.environ, "CAFS_HOME": str(home)}
-            log = open(self.work / "mount.log", "ab")  # noqa: SIM115
-            process = subprocess.Popen([*CAFS, "mount", str(mnt), *args], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-            try:
-                wait_mounted(mnt, process)
+            with mounted([*CAFS, "mount", str(mnt), *args], mnt, env=cafs_env(home),
+                         log=self.work / "mount.log", stop_timeout=120):  # fmt: skip
                 drop_caches()
                 start = time.perf_counter()
                 for path in self.paths.values():
                     read_tree(mnt / Path(path).name)
                 self.add(("cafs mount over nix+http", label), time.perf_counter() - start)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=120)
-                log.close()
-                if is_mounted(mnt):
-                    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         remove(home)
 
     def run(self) -> None:
@@ -240,31 +233,20 @@ class CacheBench:
             f"Corpora: {self.opts.files:,} small files in {self.opts.dirs:,} directories; "
             f"one {self.opts.large_size / 2**30:.2f} GiB file.",
             "",
-            "| what | tree | large | tree ÷ nginx | large ÷ nginx |",
-            "|---|---:|---:|---:|---:|",
+            *table(["what", "tree", "large", "tree ÷ nginx", "large ÷ nginx"]),
         ]
-
-        def median(key: tuple[str, str]) -> float | None:
-            got = self.results.get(key)
-            return statistics.median(got) if got else None
-
+        median = self.results.median
         for source in ("nginx", "nar-bridge"):
             row = f"nix copy --from {source}"
-            values = [median((row, name)) for name in ("bench-tree", "bench-large")]
-            refs = [
-                median(("nix copy --from nginx", name)) for name in ("bench-tree", "bench-large")
-            ]
-            ratios = [
-                f"{v / r:.2f}×" if v and r else "-" for v, r in zip(values, refs, strict=True)
-            ]
-            cells = [f"{v:.2f}" if v else "-" for v in values]
-            lines.append(f"| `{row}` | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} |")
+            values = [median(row, name) for name in ("bench-tree", "bench-large")]
+            refs = [median("nix copy --from nginx", name) for name in ("bench-tree", "bench-large")]
+            ratios = [times(ratio(v, r)) for v, r in zip(values, refs, strict=True)]
+            lines.append(table_row([f"`{row}`", *(grouped(v, 2) for v in values), *ratios]))
         for label in ("first read", "second read"):
-            value = median(("cafs mount over nix+http", label))
+            value = median("cafs mount over nix+http", label)
             if value is not None:
-                lines.append(
-                    f"| cafs mount over nix+http, {label} (both paths) | {value:.2f} | | | |"
-                )
+                name = f"cafs mount over nix+http, {label} (both paths)"
+                lines.append(table_row([name, f"{value:.2f}", "", "", ""]))
         return "\n".join(lines)
 
 
@@ -274,33 +256,20 @@ def read_tree(root: Path) -> None:
             path = os.path.join(directory, name)
             if os.path.islink(path):
                 continue
-            with open(path, "rb", buffering=0) as f:
-                while f.read(1 << 20):
-                    pass
+            read_through(Path(path), MIB)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--files", type=int, default=corpus.DEFAULT_FILES)
-    parser.add_argument("--dirs", type=int, default=corpus.DEFAULT_DIRS)
-    parser.add_argument("--large-size", type=corpus.parse_size, default=corpus.DEFAULT_LARGE_SIZE)
-    parser.add_argument("--seed", type=int, default=corpus.DEFAULT_SEED)
+    add_corpus_options(parser)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-mount", action="store_true", help="skip the nix+http mount rows")
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cafs-bench-cache"))
-    parser.add_argument("--output", type=Path, help="also write the report here")
+    add_report_options(parser, Path("/var/tmp/cafs-bench-cache"))
     opts = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/cache.py needs root (Nix's store, drop_caches)", file=sys.stderr)
+    if lacks_root("bench/cache.py needs root (Nix's store, drop_caches)"):
         return 2
     bench = CacheBench(opts)
-    try:
-        bench.run()
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    publish(bench.report(), opts.output)
-    return 0
+    return measure_and_publish(bench.run, bench.report, opts.output)
 
 
 if __name__ == "__main__":

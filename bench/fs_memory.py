@@ -20,17 +20,17 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import CAFS, cafs_env, drop_caches, memory_kib, mounted, remove
 
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.castore.nodes import FileNode
 from cafs.config import CastoreServices
 
-CAFS = [sys.executable, "-m", "cafs.cli"]
 STATUS = re.compile(r"status: inodes held=(\d+) known=(\d+)")
 
 
@@ -53,13 +53,6 @@ async def build(home: Path, dirs: int, files: int) -> str:
         return str(root.digest)
     finally:
         await services.close()
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmHWM"].split()[0]), int(fields["VmRSS"].split()[0])
 
 
 def held(log: Path, pid: int) -> int:
@@ -86,19 +79,13 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cafs-fs-memory"))
     opts = parser.parse_args()
     home, mnt, log = opts.workdir / "home", opts.workdir / "mnt", opts.workdir / "mount.log"
-    subprocess.run(["rm", "-rf", str(opts.workdir)], check=True)
+    remove(opts.workdir)
     mnt.mkdir(parents=True)
     started = time.monotonic()
     digest = asyncio.run(build(home, opts.dirs, opts.files))
     print(f"built {opts.dirs * (opts.files + 1)} entries in {time.monotonic() - started:.0f} s")
-    env = {**os.environ, "CAFS_HOME": str(home)}
-    with open(log, "wb") as err:
-        process = subprocess.Popen(
-            [*CAFS, "castore", "mount", digest, str(mnt)], env=env, stderr=err
-        )
-    try:
-        while "serving" not in log.read_text():
-            time.sleep(0.05)
+    command = [*CAFS, "castore", "mount", digest, str(mnt)]
+    with mounted(command, mnt, env=cafs_env(home), log=log) as process:
         print(f"mounted: peak {memory_kib(process.pid)[0] / 1024:.0f} MiB")
         for step in ("first walk", "second walk"):
             started = time.monotonic()
@@ -109,12 +96,9 @@ def main() -> int:
                 f"{step}: {seen} entries in {elapsed:.0f} s; peak {peak / 1024:.0f} MiB, "
                 f"now {now / 1024:.0f} MiB, inodes held {held(log, process.pid)}"
             )
-            Path("/proc/sys/vm/drop_caches").write_text("2")
+            drop_caches(2)
             time.sleep(2)
             print(f"after drop_caches: inodes held {held(log, process.pid)}")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
     return 0
 
 

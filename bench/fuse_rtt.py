@@ -27,15 +27,24 @@ import ctypes.util
 import errno
 import mmap
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import corpus
 import fs
-from ingest import publish
+from harness import (
+    LARGE_NAME,
+    Medians,
+    add_corpus_options,
+    add_report_options,
+    lacks_root,
+    publish,
+    ratio,
+    source_state,
+    table,
+    times,
+)
 
 AT_STATX_FORCE_SYNC = 0x2000
 STATX_BASIC_STATS = 0x7FF
@@ -99,42 +108,35 @@ def time_calls(call: Callable[[int], None], calls: int, offset: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--files", type=int, default=corpus.DEFAULT_FILES)
-    parser.add_argument("--dirs", type=int, default=corpus.DEFAULT_DIRS)
-    parser.add_argument("--large-size", type=corpus.parse_size, default=corpus.DEFAULT_LARGE_SIZE)
-    parser.add_argument("--seed", type=int, default=corpus.DEFAULT_SEED)
+    add_corpus_options(parser)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cafs-bench-fs"))
-    parser.add_argument("--output", type=Path, help="also write the report here")
+    add_report_options(parser, fs.WORKDIR)
     opts = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/fuse_rtt.py needs root", file=sys.stderr)
+    if lacks_root("bench/fuse_rtt.py needs root"):
         return 2
     fs.ensure_tools()
     peers, small, _ = fs.build(opts)
     sample = next(name for name in small if os.path.getsize(peers.tree / name) > 0)
-    results: dict[tuple[str, str], list[float]] = {}
+    results = Medians()
     for peer in PEERS:
         with peers.mount(peer) as mounted:
-            calls = probes(mounted.root, sample, fs.LARGE_NAME)
+            calls = probes(mounted.root, sample, LARGE_NAME)
             for run in range(opts.runs):
                 for kind in KINDS:
-                    spent = time_calls(calls[kind], opts.calls, run * opts.calls)
-                    results.setdefault((peer, kind), []).append(spent)
+                    results.add(peer, kind, time_calls(calls[kind], opts.calls, run * opts.calls))
             print(f"{peer}: done", file=sys.stderr)
+    rows = []
+    for kind in KINDS:
+        values = {peer: results.median(peer, kind) for peer in PEERS}
+        row = [kind, *(f"{values[peer]:.1f}" for peer in PEERS)]
+        rows.append([*row, times(ratio(values["cafs"], values["squashfuse_ll"]))])
     lines = [
-        f"FUSE round trips on a warm mount ({fs.source_state()}), µs per call, "
+        f"FUSE round trips on a warm mount ({source_state()}), µs per call, "
         f"medians of {opts.runs} × {opts.calls} calls.",
         "",
-        "| request | " + " | ".join(PEERS) + " | cafs ÷ squashfuse_ll |",
-        "|---|" + "---:|" * (len(PEERS) + 1),
+        *table(["request", *PEERS, "cafs ÷ squashfuse_ll"], rows),
     ]
-    for kind in KINDS:
-        values = {peer: statistics.median(results[(peer, kind)]) for peer in PEERS}
-        row = [f"{values[peer]:.1f}" for peer in PEERS]
-        row.append(f"{values['cafs'] / values['squashfuse_ll']:.2f}×")
-        lines.append(f"| {kind} | " + " | ".join(row) + " |")
     text = "\n".join(lines)
     publish(text, opts.output)
     return 0

@@ -31,12 +31,9 @@ match (``--clean`` removes everything at the end).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import re
-import resource
 import shlex
 import shutil
 import statistics
@@ -47,40 +44,40 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import corpus
+from harness import (
+    DROP_CACHES,
+    MB,
+    BenchError,
+    Machine,
+    OwnedWorkdir,
+    Record,
+    Sample,
+    Stopwatch,
+    Timings,
+    add_corpus_options,
+    cafs_env,
+    command_failed,
+    describe_machine,
+    drop_caches,
+    failed,
+    remove,
+    run,
+    source_state,
+    table,
+    table_row,
+    times,
+)
 
-MB = 1_000_000
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 # Bump when corpus.py changes its output, so a kept corpus is rebuilt.
 CORPUS_FORMAT = 1
 LARGE_TARGET_MB_S = 500
 TAR_BLOCKING = "2048"  # 1 MiB records: tar's own buffering must not be the bottleneck
 PIPE_SIZE = 1 << 20
-CAFS_ENV_DROP = ("BLOB_SERVICE_ADDR", "DIRECTORY_SERVICE_ADDR", "CAFS_LOG_LEVEL")
 
 
-class BenchError(Exception):
-    """A measurement could not be made or its result is wrong."""
-
-
-# -- running and timing ---------------------------------------------------------------
-
-
-def _tail(text: str | bytes, lines: int = 15) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def run(cmd: Sequence[str | os.PathLike[str]], env: dict[str, str] | None = None) -> str:
-    """Run ``cmd`` to completion and return its stdout; any failure is a BenchError."""
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        shown = shlex.join(os.fspath(c) for c in cmd)
-        raise BenchError(f"{shown} exited with {proc.returncode}:\n{_tail(proc.stderr)}")
-    return proc.stdout
+# -- running -----------------------------------------------------------------------------
 
 
 def _pipe_size() -> int:
@@ -109,63 +106,17 @@ def run_piped(first: Sequence[str], second: Sequence[str]) -> str:
         status = producer.wait()
         if status != 0:
             errors.seek(0)
-            raise BenchError(f"{shlex.join(first)} exited with {status}:\n{_tail(errors.read())}")
+            raise command_failed(first, status, errors.read())
     if consumer.returncode != 0:
-        raise BenchError(f"{shlex.join(second)} exited with {consumer.returncode}")
+        raise command_failed(second, consumer.returncode, consumer.stderr)
     return consumer.stdout
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    seconds: float
-    cpu_seconds: float  # user + system time of the child processes
-
-
-class Stopwatch:
-    """Wall time and children's CPU time of the block; CPU shows who is CPU-bound."""
-
-    sample: Sample
-
-    def __enter__(self) -> Stopwatch:
-        self._cpu = _children_cpu()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.sample = Sample(time.perf_counter() - self._start, _children_cpu() - self._cpu)
-
-
-def publish(text: str, output: Path | None) -> None:
-    """Print a report, and write it to ``output`` too when one is given."""
-    print(text)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
-
-
-def remove(path: Path) -> None:
-    """Delete a file or tree if present; leftovers would fill the disk over many runs."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 # -- what is measured ----------------------------------------------------------------
 
 
 @dataclass
-class Measurement:
+class Measurement(Timings):
     """One row of the table: the same command, once per run."""
 
     workload: str  # "tree" or "large"
@@ -175,102 +126,8 @@ class Measurement:
     samples: list[Sample] = field(default_factory=list)
 
     @property
-    def seconds(self) -> float:
-        return statistics.median(s.seconds for s in self.samples)
-
-    @property
-    def cpu_percent(self) -> float:
-        return 100 * statistics.median(s.cpu_seconds / s.seconds for s in self.samples)
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.nbytes / MB / self.seconds
-
-    @property
     def files_per_s(self) -> float:
         return self.files / self.seconds
-
-
-@dataclass
-class Machine:
-    cpus: int
-    cpu_model: str
-    ram_gib: float
-    kernel: str
-    workdir_fs: str
-    nix_store_fs: str | None
-    python: str
-    tools: dict[str, str]
-
-
-def _mount_of(path: Path) -> str:
-    """``fstype on source`` of the mount holding ``path``, from /proc/self/mountinfo."""
-    target = os.path.realpath(path)
-    best: tuple[int, str] = (-1, "unknown")
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return "unknown"
-    for line in lines:
-        before, _, after = line.partition(" - ")
-        mount_point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), before.split()[4])
-        fstype, source = after.split()[:2]
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) > best[0]:
-            best = (len(mount_point), f"{fstype} on {source}")
-    return best[1]
-
-
-def describe_machine(workdir: Path, cafs: list[str], nix: bool) -> Machine:
-    cpu_model = "unknown"
-    ram_kib = 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram_kib = int(line.split()[1])
-    except OSError:
-        pass
-    tools = {
-        "cafs": run([*cafs, "--version"]).strip(),
-        "tar": run(["tar", "--version"]).splitlines()[0],
-        "dd": run(["dd", "--version"]).splitlines()[0],
-    }
-    if nix:
-        tools["nix-store"] = run(["nix-store", "--version"]).strip()
-    return Machine(
-        cpus=len(os.sched_getaffinity(0)),
-        cpu_model=cpu_model,
-        ram_gib=ram_kib / 2**20,
-        kernel=f"{platform.system()} {platform.release()}",
-        workdir_fs=_mount_of(workdir),
-        nix_store_fs=_mount_of(Path("/nix/store")) if nix else None,
-        python=platform.python_version(),
-        tools=tools,
-    )
-
-
-def source_state() -> str:
-    """Which cafs code is measured: its commit, whether the package has uncommitted
-    changes, and a digest of the package's sources to tell two dirty trees apart."""
-    import cafs
-
-    package = Path(cafs.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    state = f"sources sha256 {digest.hexdigest()[:12]}"
-    git = ["git", "--no-optional-locks", "-C", str(package)]
-    try:
-        commit = run([*git, "rev-parse", "--short", "HEAD"]).strip()
-        dirty = run([*git, "status", "--porcelain", "--", "."]).strip()
-    except (BenchError, OSError):
-        return state
-    return f"commit {commit}{' with uncommitted changes' if dirty else ''}, {state}"
 
 
 # -- the benchmark -------------------------------------------------------------------
@@ -290,7 +147,7 @@ class Options:
     output: Path | None
 
 
-class IngestBench:
+class IngestBench(OwnedWorkdir):
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.workdir = opts.workdir.absolute()
@@ -315,29 +172,22 @@ class IngestBench:
 
     def build_corpus(self) -> None:
         """Generate the corpus unless an identical one is already in the work directory."""
-        stamp = self.workdir / "corpus.json"
-        params = {
-            "format": CORPUS_FORMAT,
-            "files": self.opts.files,
-            "dirs": self.opts.dirs,
-            "large_size": self.opts.large_size,
-            "seed": self.opts.seed,
-        }
-        try:
-            kept = json.loads(stamp.read_text())
-        except (OSError, ValueError):
-            kept = None
+        opts = self.opts
+        params = {"format": CORPUS_FORMAT, "files": opts.files, "dirs": opts.dirs,
+                  "large_size": opts.large_size, "seed": opts.seed}  # fmt: skip
+        record = Record(self.workdir / "corpus.json", params)
+        kept = record.kept()
         intact = (
             self.tree.is_dir()
             and self.large.is_file()
             and self.large.stat().st_size == self.opts.large_size
         )
-        if kept is not None and kept.get("params") == params and intact:
+        if kept is not None and intact:
             self.stats = corpus.TreeStats(**kept["tree"])
             print(f"reusing the corpus in {self.workdir}", flush=True)
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        remove(stamp)
+        remove(record.path)
         remove(self.tree)
         remove(self.large)
         start = time.perf_counter()
@@ -347,15 +197,14 @@ class IngestBench:
         )
         corpus.generate_large(self.large, self.opts.large_size, seed=self.opts.seed)
         os.sync()
-        stamp.write_text(json.dumps({"params": params, "tree": asdict(self.stats)}, indent=2))
+        record.write(tree=asdict(self.stats))
         print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
 
     def check_cold(self) -> None:
         if not self.opts.cold:
             return
         try:
-            with DROP_CACHES.open("w") as f:
-                f.write("3\n")
+            drop_caches()
         except OSError as exc:
             raise BenchError(
                 f"cannot drop the page cache ({DROP_CACHES}: {exc.strerror}); "
@@ -364,9 +213,10 @@ class IngestBench:
 
     def cold(self) -> None:
         """Flush dirty data, then (unless --warm) empty the page cache."""
-        os.sync()
         if self.opts.cold:
-            DROP_CACHES.write_text("3\n")
+            drop_caches()
+        else:
+            os.sync()
 
     def check_nix(self) -> None:
         """Decide whether the Nix rows can be measured; say why not if they cannot."""
@@ -449,14 +299,9 @@ class IngestBench:
         remove(self.copy)
         return watch.sample
 
-    def cafs_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in CAFS_ENV_DROP}
-        env["CAFS_HOME"] = str(self.cafs_home)
-        return env
-
     def cafs_ingest(self, workload: str, path: Path, first_run: bool) -> Sample:
         remove(self.cafs_home)
-        env = self.cafs_env()
+        env = cafs_env(self.cafs_home)
         self.cold()
         with Stopwatch() as watch:
             out = run([*self.cafs, "castore", "ingest", path], env)
@@ -594,34 +439,16 @@ class IngestBench:
         extra = [self.workdir / n for n in names]
         return [self.tree, self.large, self.cafs_home, self.copy, *extra]
 
-    def check_workdir(self) -> None:
-        """Refuse a work directory holding anything else: it is deleted from freely."""
-        if not self.workdir.is_dir():
-            return
-        foreign = set(self.workdir.iterdir()) - set(self.owned())
-        if foreign:
-            shown = ", ".join(sorted(p.name for p in foreign)[:5])
-            raise BenchError(
-                f"{self.workdir} holds files the benchmark did not make ({shown}); "
-                "choose another --workdir"
-            )
-
-    def cleanup(self) -> None:
-        for path in self.owned():
-            remove(path)
-        if self.workdir.is_dir():
-            self.workdir.rmdir()
-
 
 # -- reporting -----------------------------------------------------------------------
 
 
-def _ratio(bench: IngestBench, cafs_key: str, ref_key: str) -> str | None:
-    """cafs throughput ÷ reference throughput (= reference time ÷ cafs time)."""
+def _ratio(bench: IngestBench, cafs_key: str, ref_key: str) -> str:
+    """cafs throughput ÷ reference throughput (= reference time ÷ cafs time), or n/a."""
     cafs, ref = bench.rows.get(cafs_key), bench.rows.get(ref_key)
     if cafs is None or ref is None:
-        return None
-    return f"{ref.seconds / cafs.seconds:.2f}×"
+        return "n/a"
+    return times(ref.seconds / cafs.seconds)
 
 
 def report(bench: IngestBench, command: str, machine: Machine) -> str:
@@ -634,8 +461,7 @@ def report(bench: IngestBench, command: str, machine: Machine) -> str:
     add("")
     nix_fs = f"; Nix store on {machine.nix_store_fs}" if machine.nix_store_fs else ""
     add(
-        f"Machine: {machine.cpus} CPUs ({machine.cpu_model}), {machine.ram_gib:.1f} GiB RAM, "
-        f"{machine.kernel}; work directory on {machine.workdir_fs}{nix_fs}. "
+        f"Machine: {machine.hardware}; work directory on {machine.workdir_fs}{nix_fs}. "
         f"Python {machine.python}; " + "; ".join(machine.tools.values()) + "."
     )
     add("")
@@ -663,33 +489,24 @@ def report(bench: IngestBench, command: str, machine: Machine) -> str:
         "user + system time of the measured processes as a share of one core."
     )
     add("")
-    add("| Input | Command | Median s | Files/s | MB/s | CPU | Runs (s) |")
-    add("|---|---|---:|---:|---:|---:|---|")
+    header = ["Input", "Command", "Median s", "Files/s", "MB/s", "CPU", "Runs (s)"]
+    out += table(header, align="llrrrrl")
     for m in bench.rows.values():
         files_s = f"{m.files_per_s:,.0f}" if m.workload == "tree" else ""
         runs = ", ".join(f"{x.seconds:.2f}" for x in m.samples)
-        add(
-            f"| {m.workload} | {m.label} | {m.seconds:.2f} | {files_s} | {m.mb_per_s:,.1f} "
-            f"| {m.cpu_percent:.0f}% | {runs} |"
-        )
+        cells = [m.workload, m.label, f"{m.seconds:.2f}", files_s, f"{m.mb_per_s:,.1f}"]
+        add(table_row([*cells, f"{m.cpu_percent:.0f}%", runs]))
     add("")
     if bench.nix_skip_reason:
         add(f"Nix rows skipped: {bench.nix_skip_reason}.")
         add("")
     add("Ratios (cafs throughput ÷ reference throughput; above 1 means cafs is faster):")
     add("")
-    add(
-        "| Input | vs `nix-store --add` | vs `nix-store --add` + `sync` | vs read floor "
-        "| vs durable write floor |"
-    )
-    add("|---|---:|---:|---:|---:|")
+    references = ["`nix-store --add`", "`nix-store --add` + `sync`", "read floor"]
+    out += table(["Input", *(f"vs {ref}" for ref in references), "vs durable write floor"])
     for workload, floor in (("tree", "tree-cp"), ("large", "large-dd")):
-        cells = [
-            _ratio(bench, f"{workload}-cafs", f"{workload}-{ref}") or "n/a"
-            for ref in ("nix", "nix-sync", "tar")
-        ]
-        cells.append(_ratio(bench, f"{workload}-cafs", floor) or "n/a")
-        add(f"| {workload} | " + " | ".join(cells) + " |")
+        refs = [f"{workload}-{ref}" for ref in ("nix", "nix-sync", "tar")] + [floor]
+        add(table_row([workload, *(_ratio(bench, f"{workload}-cafs", ref) for ref in refs)]))
     add("")
     large = bench.rows["large-cafs"]
     dd = bench.rows["large-dd"]
@@ -731,11 +548,7 @@ def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(
         description="Measure cafs castore ingest against nix-store --add, tar and dd."
     )
-    parser.add_argument("--files", type=int, default=corpus.DEFAULT_FILES)
-    parser.add_argument("--dirs", type=int, default=corpus.DEFAULT_DIRS)
-    parser.add_argument(
-        "--large-size", type=corpus.parse_size, default=corpus.DEFAULT_LARGE_SIZE, metavar="SIZE"
-    )
+    add_corpus_options(parser)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--workdir",
@@ -743,7 +556,6 @@ def parse_args(argv: list[str] | None) -> Options:
         default=Path(tempfile.gettempdir()) / "cafs-bench-ingest",
         help="corpus, stores and copies go here (default: $TMPDIR/cafs-bench-ingest)",
     )
-    parser.add_argument("--seed", type=int, default=corpus.DEFAULT_SEED)
     parser.add_argument("--no-nix", dest="nix", action="store_false", help="skip nix-store")
     parser.add_argument(
         "--warm", dest="cold", action="store_false", help="do not drop the page cache"
@@ -753,18 +565,7 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    return Options(
-        files=args.files,
-        dirs=args.dirs,
-        large_size=args.large_size,
-        runs=args.runs,
-        workdir=args.workdir,
-        seed=args.seed,
-        nix=args.nix,
-        cold=args.cold,
-        clean=args.clean,
-        output=args.output,
-    )
+    return Options(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -776,8 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.run()
         machine = describe_machine(bench.workdir, bench.cafs, bench.nix_skip_reason is None)
     except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return failed(exc)
     finally:
         if opts.clean:
             bench.cleanup()

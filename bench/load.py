@@ -21,21 +21,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
 
-from fs import drop_caches, is_mounted, wait_mounted
-from ingest import BenchError, publish, remove, run, source_state
+from harness import (
+    CAFS,
+    BenchError,
+    add_report_options,
+    cafs_env,
+    drop_caches,
+    ingest_tree,
+    lacks_root,
+    measure_and_publish,
+    mounted,
+    remove,
+    run,
+    serving,
+    source_state,
+    table,
+)
 
-CAFS = [sys.executable, "-m", "cafs.cli"]
-HERE = Path(__file__).resolve().parent
 WORKER_TIMEOUT = 1800.0
 
 
@@ -56,8 +65,6 @@ def percentiles(samples: list[float]) -> str:
 def client(url: str, blobs: list[tuple[str, str]], reads: int, seed: int,
            out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]  # fmt: skip
     """One client process: ``reads`` random blob reads, each compared with its file."""
-    # bench/grpc.py would shadow the grpc package in this process: take bench/ off the path.
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
     from cafs.castore.blobs.grpc import GrpcBlobService
     from cafs.castore.digest import Digest
     from cafs.grpc.channel import parse_channel_url
@@ -103,9 +110,8 @@ class LoadBench:
         rng = random.Random(7)
         for i in range(self.opts.blobs):
             (tree / f"f{i:05d}").write_bytes(rng.randbytes(rng.randrange(1024, 65536)))
-        env = {**os.environ, "CAFS_HOME": str(self.home)}
-        root = run([*CAFS, "castore", "ingest", str(tree)], env=env).split()[2]
-        listing = run([*CAFS, "castore", "ls", root], env=env).splitlines()
+        root = ingest_tree(tree, self.home)
+        listing = run([*CAFS, "castore", "ls", root], env=cafs_env(self.home)).splitlines()
         blobs = [(line.split()[1], str(tree / line.split()[-1])) for line in listing]
         return root, blobs
 
@@ -113,17 +119,10 @@ class LoadBench:
         sock = self.work / "daemon.sock"
         objects = "objectstore+file://" + quote(str(self.home / "objects"))
         dirs = "sqlite://" + quote(str(self.home / "directories.sqlite"))
-        daemon = subprocess.Popen(
-            [*CAFS, "daemon", "--listen-address", str(sock), "--blob-service-addr", objects,
-             "--directory-service-addr", dirs, "--path-info-service-addr", "memory://"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while not sock.is_socket():
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise BenchError("cafs daemon did not start")
-                time.sleep(0.05)
+        command = [*CAFS, "daemon", "--listen-address", str(sock), "--blob-service-addr", objects,
+                   "--directory-service-addr", dirs,
+                   "--path-info-service-addr", "memory://"]  # fmt: skip
+        with serving(command, sock.is_socket, "cafs daemon did not start", timeout=30):
             context = multiprocessing.get_context("spawn")
             out = context.Queue()
             url = f"grpc+unix://{sock}"
@@ -143,9 +142,6 @@ class LoadBench:
             for worker in workers:
                 worker.join(timeout=60)
             elapsed = time.perf_counter() - started
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=60)
         latencies = [x for lat, _, _ in results for x in lat]
         mismatches = sum(m for _, m, _ in results)
         errors = sum(e for _, _, e in results)
@@ -158,10 +154,6 @@ class LoadBench:
 
     def mount_load(self, root: str, blobs: list[tuple[str, str]]) -> None:
         mnt = self.work / "mnt"
-        mnt.mkdir()
-        env = {**os.environ, "CAFS_HOME": str(self.home)}
-        mount = subprocess.Popen([*CAFS, "castore", "mount", root, str(mnt)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         names = [Path(path).name for _, path in blobs]
         sources = {Path(path).name: Path(path).read_bytes() for _, path in blobs}
         latencies: list[float] = []
@@ -188,8 +180,7 @@ class LoadBench:
                 counts["mismatches"] += bad
                 counts["errors"] += errs
 
-        try:
-            wait_mounted(mnt, mount)
+        with mounted([*CAFS, "castore", "mount", root, str(mnt)], mnt, env=cafs_env(self.home)):
             drop_caches()
             started = time.perf_counter()
             threads = [threading.Thread(target=reader, args=(i,)) for i in range(self.opts.readers)]
@@ -198,11 +189,6 @@ class LoadBench:
             for thread in threads:
                 thread.join()
             elapsed = time.perf_counter() - started
-        finally:
-            mount.send_signal(signal.SIGTERM)
-            mount.wait(timeout=60)
-            if is_mounted(mnt):
-                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         total = self.opts.readers * self.opts.mount_reads
         self.failures += counts["mismatches"] + counts["errors"]
         self.lines.append(
@@ -211,12 +197,16 @@ class LoadBench:
             f"{total / elapsed:,.0f} | {percentiles(latencies)} |"
         )
 
+    def run(self) -> None:
+        root, blobs = self.build()
+        self.grpc_load(blobs)
+        self.mount_load(root, blobs)
+
     def report(self) -> str:
         head = [
             f"Load ({source_state()}): {self.opts.blobs:,} blobs of 1–64 KiB.",
             "",
-            "| load | reads | mismatches | errors | reads/s | latency |",
-            "|---|---:|---:|---:|---:|---|",
+            *table(["load", "reads", "mismatches", "errors", "reads/s", "latency"], align="lrrrrl"),
         ]
         return "\n".join(head + self.lines)
 
@@ -228,22 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=64)
     parser.add_argument("--mount-reads", type=int, default=2_000)
     parser.add_argument("--blobs", type=int, default=2_000)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cafs-bench-load"))
-    parser.add_argument("--output", type=Path, help="also write the report here")
+    add_report_options(parser, Path("/var/tmp/cafs-bench-load"))
     opts = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/load.py needs root (drop_caches, mounting)", file=sys.stderr)
+    if lacks_root("bench/load.py needs root (drop_caches, mounting)"):
         return 2
     bench = LoadBench(opts)
-    try:
-        root, blobs = bench.build()
-        bench.grpc_load(blobs)
-        bench.mount_load(root, blobs)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    publish(bench.report(), opts.output)
-    return 0 if bench.failures == 0 else 1
+    status = measure_and_publish(bench.run, bench.report, opts.output)
+    return status or (0 if bench.failures == 0 else 1)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ missing and running as root).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -70,21 +69,32 @@ from pathlib import Path
 from typing import IO
 
 import corpus
-from fs import drop_caches
-from ingest import (
-    CAFS_ENV_DROP,
+from harness import (
+    CAFS,
     DROP_CACHES,
+    MB,
+    MIB,
     BenchError,
     Machine,
+    OwnedWorkdir,
+    Record,
+    Sample,
+    Timings,
+    add_corpus_options,
+    cafs_env,
+    command_failed,
     describe_machine,
+    disk_of,
+    drop_caches,
+    failed,
+    read_through,
     remove,
     run,
     source_state,
+    table,
+    table_row,
 )
 
-MB = 1_000_000
-MIB = 1 << 20
-CAFS = [sys.executable, "-m", "cafs.cli"]
 # Bump when the corpus or NAR files would come out differently, so a kept one is rebuilt.
 CORPUS_FORMAT = 1
 READ_BLOCK = 8 * MIB
@@ -105,9 +115,9 @@ OPERATIONS = [
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
-    seconds: float  # wall time, process start to exit
-    cpu_seconds: float  # user + system time of the process
+class ProcessSample(Sample):
+    """A sample of one process: wall time from its start to its exit, its CPU time."""
+
     max_rss_kib: int | None  # its peak resident set (None without GNU time)
 
 
@@ -117,7 +127,7 @@ def timed(
     env: dict[str, str] | None = None,
     stdin: IO[bytes] | None = None,
     stdout: IO[bytes] | int = subprocess.DEVNULL,
-) -> Sample:
+) -> ProcessSample:
     """Run ``cmd`` to completion; its wall time, CPU time (``wait4``) and peak RSS.
 
     The peak RSS comes from GNU time, not ``wait4``: a child of this Python process
@@ -133,13 +143,11 @@ def timed(
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             errors.seek(0)
-            tail = "\n".join(errors.read().decode(errors="replace").strip().splitlines()[-15:])
-            shown = shlex.join(os.fspath(c) for c in cmd)
-            raise BenchError(f"{shown} exited with {proc.returncode}:\n{tail}")
+            raise command_failed(cmd, proc.returncode, errors.read())
         lines = rss.read().split()
     max_rss = int(lines[-1]) if GNU_TIME and lines and lines[-1].isdigit() else None
     # wait4's times include the children the process reaped: GNU time's child, here.
-    return Sample(elapsed, usage.ru_utime + usage.ru_stime, max_rss)
+    return ProcessSample(elapsed, usage.ru_utime + usage.ru_stime, max_rss)
 
 
 def stream_sha256(
@@ -157,24 +165,15 @@ def stream_sha256(
                 size += len(block)
         if proc.wait() != 0:
             errors.seek(0)
-            tail = "\n".join(errors.read().decode(errors="replace").strip().splitlines()[-15:])
-            shown = shlex.join(os.fspath(c) for c in cmd)
-            raise BenchError(f"{shown} exited with {proc.returncode}:\n{tail}")
+            raise command_failed(cmd, proc.returncode, errors.read())
     return size, hasher.hexdigest()
-
-
-def read_through(path: Path) -> None:
-    """Read a file to the end, so it is in the page cache."""
-    with open(path, "rb", buffering=0) as f:
-        while f.read(READ_BLOCK):
-            pass
 
 
 # -- what is measured ----------------------------------------------------------------
 
 
 @dataclass
-class Row:
+class Row(Timings):
     """One command on one corpus, once per run."""
 
     corpus: str
@@ -182,19 +181,7 @@ class Row:
     tool: str  # "nix" or "cafs"
     command: str
     nbytes: int  # NAR bytes
-    samples: list[Sample] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(s.seconds for s in self.samples)
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.nbytes / MB / self.seconds
-
-    @property
-    def cpu_percent(self) -> float:
-        return 100 * statistics.median(s.cpu_seconds / s.seconds for s in self.samples)
+    samples: list[ProcessSample] = field(default_factory=list)
 
     @property
     def peak_rss_mib(self) -> float | None:
@@ -227,31 +214,7 @@ class Options:
     output: Path | None
 
 
-def disk_of(machine: Machine) -> str:
-    """The work directory's block device: its driver, the kernel's rotational flag, and
-    for ext4 whether it has a journal (without one, file creation slows down after mass
-    deletions: see ``NarBench.run``)."""
-    source = machine.workdir_fs.rpartition(" on ")[2]
-    if not source.startswith("/dev/"):
-        return machine.workdir_fs
-    name = os.path.basename(os.path.realpath(source))
-    block = Path("/sys/class/block") / name
-    if not (block / "queue").is_dir():  # a partition: the queue is its disk's
-        block = block.resolve().parent
-    details = []
-    driver = block / "device" / "driver"
-    if driver.exists():
-        details.append(os.path.basename(os.path.realpath(driver)))
-    with contextlib.suppress(OSError):
-        rotational = (block / "queue" / "rotational").read_text().strip()
-        details.append("rotational" if rotational == "1" else "non-rotational")
-    with contextlib.suppress(OSError):
-        journal = (Path("/sys/fs/ext4") / name / "journal_task").read_text().strip()
-        details.append("no journal" if journal == "<none>" else "journal")
-    return f"{machine.workdir_fs} ({', '.join(details) or 'unknown device'})"
-
-
-class NarBench:
+class NarBench(OwnedWorkdir):
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.workdir = opts.workdir.absolute()
@@ -294,24 +257,6 @@ class NarBench:
             ]
         return paths
 
-    def check_workdir(self) -> None:
-        """Refuse a work directory holding anything else: it is deleted from freely."""
-        if not self.workdir.is_dir():
-            return
-        foreign = set(self.workdir.iterdir()) - set(self.owned())
-        if foreign:
-            shown = ", ".join(sorted(p.name for p in foreign)[:5])
-            raise BenchError(
-                f"{self.workdir} holds files the benchmark did not make ({shown}); "
-                "choose another --workdir"
-            )
-
-    def cleanup(self) -> None:
-        for path in self.owned():
-            remove(path)
-        with contextlib.suppress(OSError):  # not empty: someone else's files, kept
-            self.workdir.rmdir()
-
     # -- setup -----------------------------------------------------------------------
 
     def ensure_nix(self) -> None:
@@ -343,20 +288,13 @@ class NarBench:
 
     def build_corpora(self) -> None:
         """Generate the corpora and their NARs unless identical ones are kept here."""
-        stamp = self.workdir / "corpus.json"
-        params = {
-            "format": CORPUS_FORMAT,
-            "large_mib": self.opts.large_mib,
-            "files": self.opts.files,
-            "dirs": self.opts.dirs,
-            "seed": self.opts.seed,
-        }
-        try:
-            kept = json.loads(stamp.read_text())
-        except (OSError, ValueError):
-            kept = None
+        opts = self.opts
+        params = {"format": CORPUS_FORMAT, "large_mib": opts.large_mib, "files": opts.files,
+                  "dirs": opts.dirs, "seed": opts.seed}  # fmt: skip
+        record = Record(self.workdir / "corpus.json", params)
+        kept = record.kept()
         intact = all(c.path.is_dir() and c.nar.is_file() for c in self.corpora.values())
-        if kept is not None and kept.get("params") == params and intact:
+        if kept is not None and intact:
             print(f"reusing the corpora in {self.workdir}", file=sys.stderr, flush=True)
             self.corpora["tree"].stats = kept["tree"]
         else:
@@ -382,7 +320,7 @@ class NarBench:
                 with open(c.nar, "wb") as out:
                     timed(["nix-store", "--dump", c.path], stdout=out)
             os.sync()
-            stamp.write_text(json.dumps({"params": params, "tree": asdict(stats)}, indent=2))
+            record.write(tree=asdict(stats))
             print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         s = self.corpora["tree"].stats
         assert s is not None
@@ -407,12 +345,6 @@ class NarBench:
                 f"{needed / 1e9:.1f} GB (fewer --runs or a smaller --large-mib)"
             )
 
-    def cafs_env(self, home: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in CAFS_ENV_DROP}
-        env["CAFS_HOME"] = str(home)
-        env.pop("PATH_INFO_SERVICE_ADDR", None)
-        return env
-
     def expected_path(self, nar_sha256: str, name: str) -> str:
         base32 = run(["nix-hash", "--type", "sha256", "--to-base32", nar_sha256]).strip()
         fixed = ["nix-store", "--print-fixed-path", "--recursive", "sha256", base32, name]
@@ -425,7 +357,7 @@ class NarBench:
         c.store_path = self.expected_path(digest, c.name)
         home = self.home(c.name, "render")
         remove(home)
-        env = self.cafs_env(home)
+        env = cafs_env(home)
         start = time.perf_counter()
         imported = run([*CAFS, "import", c.path], env).strip()
         print(
@@ -457,7 +389,7 @@ class NarBench:
             self.rows[key] = Row(c.name, operation, tool, command, c.nar_size)
         return self.rows[key]
 
-    def log(self, c: Corpus, what: str, sample: Sample) -> None:
+    def log(self, c: Corpus, what: str, sample: ProcessSample) -> None:
         print(
             f"  {c.name:<6} {what:<34} {sample.seconds:8.2f} s "
             f"{c.nar_size / MB / sample.seconds:9.1f} MB/s",
@@ -465,7 +397,7 @@ class NarBench:
             flush=True,
         )
 
-    def render_nix(self, c: Corpus, operation: str | None) -> Sample:
+    def render_nix(self, c: Corpus, operation: str | None) -> ProcessSample:
         os.sync()
         if operation == "render-cold":
             drop_caches()
@@ -476,8 +408,8 @@ class NarBench:
             self.log(c, f"{operation} nix-store --dump", sample)
         return sample
 
-    def render_cafs(self, c: Corpus, operation: str | None) -> Sample:
-        env = self.cafs_env(self.home(c.name, "render"))
+    def render_cafs(self, c: Corpus, operation: str | None) -> ProcessSample:
+        env = cafs_env(self.home(c.name, "render"))
         os.sync()
         if operation == "render-cold":
             drop_caches()
@@ -516,7 +448,7 @@ class NarBench:
         flushed = time.perf_counter() - start
         command = f"`nix-store --restore DIR < {c.nar.name}`"
         self.row(c, "ingest", "nix", command).samples.append(sample)
-        with_sync = Sample(sample.seconds + flushed, sample.cpu_seconds, sample.max_rss_kib)
+        with_sync = ProcessSample(sample.seconds + flushed, sample.cpu_seconds, sample.max_rss_kib)
         command = f"`nix-store --restore DIR < {c.nar.name}; sync`"
         self.row(c, "ingest-sync", "nix", command).samples.append(with_sync)
         self.log(c, "ingest nix-store --restore", sample)
@@ -529,7 +461,7 @@ class NarBench:
     def ingest_cafs(self, c: Corpus, number: int) -> None:
         _, home = self.run_outputs(c.name, number)
         remove(home)
-        env = self.cafs_env(home)
+        env = cafs_env(home)
         self.before_ingest(c)
         with tempfile.TemporaryFile() as out:
             cmd = [*CAFS, "nar", "import", str(c.nar), "--name", c.name]
@@ -607,9 +539,8 @@ def report(bench: NarBench, command: str, machine: Machine) -> str:
     add(f"Command: `{command}`")
     add("")
     add(
-        f"Machine: {machine.cpus} CPUs ({machine.cpu_model}), {machine.ram_gib:.1f} GiB RAM, "
-        f"{machine.kernel}; work directory on {disk_of(machine)}. Python {machine.python}; "
-        f"{bench.nix_version}; cafs measured: {bench.source}."
+        f"Machine: {machine.hardware}; work directory on {disk_of(machine)}. "
+        f"Python {machine.python}; {bench.nix_version}; cafs measured: {bench.source}."
     )
     if bench.source_changed:
         add("")
@@ -645,34 +576,30 @@ def report(bench: NarBench, command: str, machine: Machine) -> str:
             f"(sha256 {c.nar_sha256[:16]}…)"
         )
         add("")
-        add(
-            "| Measurement | Nix s | Nix MB/s | cafs s | cafs MB/s | cafs ÷ Nix | Target "
-            "| Nix CPU | cafs CPU | Nix RSS MiB | cafs RSS MiB |"
-        )
-        add("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+        header = ["Measurement", "Nix s", "Nix MB/s", "cafs s", "cafs MB/s", "cafs ÷ Nix",
+                  "Target", "Nix CPU", "cafs CPU", "Nix RSS MiB", "cafs RSS MiB"]  # fmt: skip
+        out += table(header, align="lrrrrrlrrrr")
         for operation, label in OPERATIONS:
             nix = bench.rows.get((c.name, operation, "nix"))
             cafs = bench.rows.get((c.name, operation, "cafs"))
             if nix is None or cafs is None:
                 continue
             ratio = nix.seconds / cafs.seconds
-            add(
-                f"| {label} | {nix.seconds:.2f} | {nix.mb_per_s:,.1f} | {cafs.seconds:.2f} "
-                f"| {cafs.mb_per_s:,.1f} | {ratio:.2f} | {'met' if ratio >= 1 else 'NOT met'} "
-                f"| {nix.cpu_percent:.0f}% | {cafs.cpu_percent:.0f}% "
-                f"| {_mib(nix.peak_rss_mib)} | {_mib(cafs.peak_rss_mib)} |"
-            )
+            both = (nix, cafs)
+            cells = [label, *(f for r in both for f in (f"{r.seconds:.2f}", f"{r.mb_per_s:,.1f}"))]
+            cells += [f"{ratio:.2f}", "met" if ratio >= 1 else "NOT met"]
+            cells += [f"{r.cpu_percent:.0f}%" for r in both] + [_mib(r.peak_rss_mib) for r in both]
+            add(table_row(cells))
     add("")
     add("All runs (seconds):")
     add("")
-    add("| Corpus | Measurement | Command | Runs (s) |")
-    add("|---|---|---|---|")
+    out += table(["Corpus", "Measurement", "Command", "Runs (s)"], align="llll")
     labels = dict(OPERATIONS)
     for row in bench.rows.values():
         if row.operation == "ingest-sync" and row.tool == "cafs":
             continue  # the same samples as the ingest row
         runs = ", ".join(f"{s.seconds:.2f}" for s in row.samples)
-        add(f"| {row.corpus} | {labels[row.operation]} | {row.command} | {runs} |")
+        add(table_row([row.corpus, labels[row.operation], row.command, runs]))
     add("")
     add(
         "Checked: both renders of each corpus have the NAR file's SHA-256; `cafs import` and "
@@ -687,11 +614,9 @@ def parse_args(argv: list[str] | None) -> Options:
         description="Measure cafs nar dump/import against nix-store --dump/--restore."
     )
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
-    parser.add_argument("--files", type=int, default=corpus.DEFAULT_FILES)
-    parser.add_argument("--dirs", type=int, default=corpus.DEFAULT_DIRS)
+    add_corpus_options(parser, large_size=None)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cafs-bench-nar"))
-    parser.add_argument("--seed", type=int, default=corpus.DEFAULT_SEED)
     parser.add_argument(
         "--no-cold", dest="cold", action="store_false", help="skip the cold render runs"
     )
@@ -700,17 +625,7 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.large_mib < 1 or args.files < 1:
         parser.error("--runs, --large-mib and --files must be at least 1")
-    return Options(
-        large_mib=args.large_mib,
-        files=args.files,
-        dirs=args.dirs,
-        runs=args.runs,
-        workdir=args.workdir,
-        seed=args.seed,
-        cold=args.cold,
-        keep=args.keep,
-        output=args.output,
-    )
+    return Options(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -727,8 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             if not opts.keep:
                 bench.cleanup()
     except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return failed(exc)
     text = report(bench, command, machine)
     print(text, end="")
     if opts.output is not None:

@@ -29,26 +29,40 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import corpus
-from fs import METRICS, Results, drop_caches, fmt, ratio
-from ingest import BenchError, publish, remove, run, source_state
+from harness import (
+    CAFS,
+    COST_RATIO_NOTE,
+    LARGE_NAME,
+    RANDOM_READS,
+    BenchError,
+    Medians,
+    Stamp,
+    add_corpus_options,
+    add_report_options,
+    cafs_env,
+    cost_table,
+    drop_caches,
+    generate_corpus,
+    ingest_tree,
+    measure_and_publish,
+    remove,
+    run,
+    serving,
+    small_files,
+    source_state,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.vm.guest import available, run_guest
 
-CAFS = [sys.executable, "-m", "cafs.cli"]
 PEERS = ["9p", "virtiofsd", "cafs"]
 VIRTIOFSD = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
-LARGE_NAME = "large.bin"
-RANDOM_READS = 2000
 HERE = Path(__file__).resolve().parent
 
 
@@ -97,35 +111,23 @@ class Bench:
             return
         sock = self.workdir / f"{peer}.sock"
         remove(sock)
-        log = open(self.workdir / f"{peer}.log", "wb")  # noqa: SIM115
+        log = self.workdir / f"{peer}.log"
+        env: dict[str, str] | None = None
         if peer == "cafs":
-            env = {**os.environ, "CAFS_HOME": str(self.workdir / "home")}
+            env = cafs_env(self.workdir / "home")
             cmd = [*CAFS, "castore", "virtiofs", self.digest, str(sock)]
         else:
             binary = virtiofsd()
             assert binary is not None
-            env = dict(os.environ)
             cmd = [binary, f"--socket-path={sock}", "-o", f"source={self.tree}", "-o", "cache=auto"]
-        process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        what = f"{peer} did not listen on {sock} (see {log})"
         try:
-            deadline = time.monotonic() + 60
-            while not sock.is_socket():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{peer} did not listen on {sock}: see {log.name}")
-                time.sleep(0.02)
-            yield [(str(sock), peer)]
+            with serving(cmd, sock.is_socket, what, env=env, log=log, stop_timeout=30):
+                yield [(str(sock), peer)]
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            log.close()
             remove(sock)
 
-    def measure(self, peer: str, results: Results) -> None:
+    def measure(self, peer: str, results: Medians) -> None:
         if peer == "9p":
             mountpoint, mount, root = "/host", NINEP_MOUNT, "/host/tree"
         else:
@@ -160,61 +162,41 @@ def build(opts: argparse.Namespace) -> Bench:
     share = workdir / "share"
     tree = share / "tree"
     tools = share / "tools"
-    stamp = workdir / "corpus.done"
-    wanted = f"{opts.files} {opts.dirs} {opts.large_size} {opts.seed}"
-    if not stamp.exists() or stamp.read_text() != wanted:
-        for path in (share, workdir / "home", stamp):
+    stamp = Stamp.of_corpus(workdir / "corpus.done", opts)
+    if not stamp.current():
+        for path in (share, workdir / "home", stamp.path):
             remove(path)
         tools.mkdir(parents=True)
         print("generating the corpus", file=sys.stderr)
-        corpus.generate_tree(tree, opts.files, opts.dirs, seed=opts.seed)
-        corpus.generate_large(tree / LARGE_NAME, opts.large_size, seed=opts.seed)
+        generate_corpus(tree, opts.files, opts.dirs, opts.large_size, opts.seed)
         print("ingesting into cafs", file=sys.stderr)
-        env = {**os.environ, "CAFS_HOME": str(workdir / "home")}
-        line = run([*CAFS, "castore", "ingest", str(tree)], env=env)
-        (workdir / "digest").write_text(line.split()[2])
-        small = sorted(
-            os.path.relpath(os.path.join(d, f), tree)
-            for d, _, fs in os.walk(tree)
-            for f in fs
-            if f != LARGE_NAME and not os.path.islink(os.path.join(d, f))
-        )
+        (workdir / "digest").write_text(ingest_tree(tree, workdir / "home"))
+        small = small_files(tree)
         (tools / "small.list").write_text("".join(name + "\n" for name in small))
-        stamp.write_text(wanted)
+        stamp.write()
     run(["gcc", "-static", "-O2", "-o", str(tools / "guestload"), str(HERE / "guestload.c")])
     return Bench(workdir, (workdir / "digest").read_text().strip(), opts.large_size)
 
 
-def report(results: Results, opts: argparse.Namespace) -> str:
+def report(results: Medians, opts: argparse.Namespace) -> str:
     lines = [
         f"virtiofs benchmark ({source_state()}), {opts.runs} runs, medians; "
         "guests under QEMU TCG, 1 vCPU, 1 GiB.",
         f"Corpus: {opts.files:,} small files in {opts.dirs:,} directories"
         f" + a {opts.large_size / 2**20:.0f} MiB file.",
         "",
-        "| workload | " + " | ".join(PEERS) + " | cafs cost ÷ 9p | cafs cost ÷ virtiofsd |",
-        "|---|" + "---:|" * (len(PEERS) + 2),
+        *cost_table(results, PEERS, ["9p", "virtiofsd"]),
+        "",
+        COST_RATIO_NOTE,
     ]
-    for metric, label, higher in METRICS:
-        row = [fmt(results.median(peer, metric), higher) for peer in PEERS]
-        row += [ratio(results, metric, higher, ref) for ref in ("9p", "virtiofsd")]
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
-    lines.append("")
-    lines.append(
-        "Cost ratios: time ratio for seconds, inverse ratio for rates; below 1.00× cafs is faster."
-    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--dirs", type=int, default=100)
-    parser.add_argument("--large-size", type=corpus.parse_size, default=64 << 20)
-    parser.add_argument("--seed", type=int, default=corpus.DEFAULT_SEED)
+    add_corpus_options(parser, files=2000, dirs=100, large_size=64 << 20)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/cafs-bench-virtiofs"))
-    parser.add_argument("--output", type=Path, help="also write the report here")
+    add_report_options(parser, Path("/var/tmp/cafs-bench-virtiofs"))
     opts = parser.parse_args(argv)
     reason = available()
     if reason is not None:
@@ -223,19 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0 or virtiofsd() is None or shutil.which("gcc") is None:
         print("error: needs root, QEMU's virtiofsd and gcc (make system-vm)", file=sys.stderr)
         return 1
-    try:
+    results = Medians()
+
+    def measure() -> None:
         bench = build(opts)
-        results = Results()
         for index in range(opts.runs):
             print(f"run {index + 1} of {opts.runs}", file=sys.stderr)
             for peer in PEERS:
                 bench.measure(peer, results)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    text = report(results, opts)
-    publish(text, opts.output)
-    return 0
+
+    return measure_and_publish(measure, lambda: report(results, opts), opts.output)
 
 
 if __name__ == "__main__":

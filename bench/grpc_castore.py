@@ -34,9 +34,9 @@ of one CPU meanwhile. The CPU time of this process and its finished children
 daemon; for mounts, the mount process and the daemon) is recorded per sample, to
 show which side limits.
 
-    python bench/grpc.py [--parts blob,mount --blob-size SIZE --files N --dirs N
-                          --large-size SIZE --runs K --retakes K --workdir DIR
-                          --output FILE.json --keep]
+    python bench/grpc_castore.py [--parts blob,mount --blob-size SIZE --files N --dirs N
+                                  --large-size SIZE --runs K --retakes K --workdir DIR
+                                  --output FILE.json --keep]
 
 The mount part needs root (drop_caches, readahead) and FUSE; without root only
 the blob part runs. The work directory (default /var/tmp/cafs-bench-grpc) keeps
@@ -49,13 +49,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import platform
 import re
-import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -67,32 +64,39 @@ from pathlib import Path
 from urllib.parse import quote
 
 import corpus
-from fs import (
-    LARGE_NAME,
+from harness import (
+    CAFS,
+    MB,
+    METRICS,
+    MIB,
+    BenchError,
+    Stamp,
+    add_corpus_options,
+    cafs_env,
+    children_cpu_seconds,
+    cost_ratio,
+    describe_machine,
     drop_caches,
-    is_mounted,
+    generate_corpus,
+    grouped,
+    ingest_tree,
+    mounted,
+    ratio,
     read_large,
     read_small,
-    set_readahead,
-    wait_mounted,
+    read_through,
+    remove,
+    small_files,
+    source_digest,
+    stop,
+    table,
+    table_row,
+    times,
+    wait_for,
     walk,
 )
-from ingest import BenchError, describe_machine, remove, run
 
-# This file is named like the grpc package: keep its directory off the import path, or
-# cafs's own ``import grpc`` would find this script instead (its siblings are loaded).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-MB = 1_000_000
-PIECE = 1 << 20
-CAFS = [sys.executable, "-m", "cafs.cli"]
-CAFS_ENV_DROP = (
-    "BLOB_SERVICE_ADDR",
-    "DIRECTORY_SERVICE_ADDR",
-    "PATH_INFO_SERVICE_ADDR",
-    "CAFS_LOG_LEVEL",
-)
+PIECE = MIB
 READY = re.compile(r"listening on (\S+) \(pid (\d+)\)")
 DAEMON_START_TIMEOUT = 60.0
 QUIET_BUSY = 0.05
@@ -104,12 +108,8 @@ SAFE_PATH = re.compile(r"^[A-Za-z0-9/._-]+$")
 
 BLOB_TARGETS = ["local", "unix", "tcp"]
 MOUNT_PEERS = ["embedded", "grpc", "cache-first", "cache-second"]
-MOUNT_METRICS: list[tuple[str, str, bool]] = [
-    # key, label, higher is better
-    ("walk_cold", "metadata walk, cold (s)", False),
-    ("walk_warm", "metadata walk, warm (s)", False),
-    ("small_cold", "read every small file, cold (s)", False),
-    ("large_cold", "large file sequential read, cold (MB/s)", True),
+MOUNT_METRICS = [
+    m for m in METRICS if m[0] in ("walk_cold", "walk_warm", "small_cold", "large_cold")
 ]
 
 
@@ -157,7 +157,7 @@ class CpuWindow:
     def __enter__(self) -> CpuWindow:
         self._busy = busy_ticks()
         self._self = process_ticks(os.getpid())
-        self._reaped = _reaped_children_seconds()
+        self._reaped = children_cpu_seconds()
         self._children = self._children_ticks()
         self._start = time.perf_counter()
         return self
@@ -168,7 +168,7 @@ class CpuWindow:
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
         own = process_ticks(os.getpid()) - self._self
-        reaped = _reaped_children_seconds() - self._reaped  # find, dd
+        reaped = children_cpu_seconds() - self._reaped  # find, dd
         children = self._children_ticks() - self._children
         self.client_cpu_s = own / CLK_TCK + reaped
         self.server_cpu_s = children / CLK_TCK
@@ -176,19 +176,7 @@ class CpuWindow:
         self.other_cpu_s = max(0.0, busy_ticks() - self._busy - used) / CLK_TCK
 
 
-def _reaped_children_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 # -- daemons ---------------------------------------------------------------------------
-
-
-def cafs_env(home: Path) -> dict[str, str]:
-    env = {**os.environ, "CAFS_HOME": str(home)}
-    for var in CAFS_ENV_DROP:
-        env.pop(var, None)
-    return env
 
 
 def short_socket(path: Path) -> Path:
@@ -242,19 +230,23 @@ class Daemon:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT
-        while time.monotonic() < deadline:
+        pid = self.process.pid
+
+        def listening() -> bool:
             with open(self.log, "rb") as log:
                 log.seek(offset)
                 found = READY.search(log.read().decode(errors="replace"))
-            if found and int(found.group(2)) == self.process.pid:
+            if found and int(found.group(2)) == pid:
                 self.url = found.group(1)
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise BenchError(f"cafs daemon did not start; see {self.log}")
+            return bool(self.url)
+
+        what = f"cafs daemon did not start (see {self.log})"
+        try:
+            wait_for(listening, what, self.process, DAEMON_START_TIMEOUT)
+        except BenchError:
+            self.stop()
+            raise
+        return self
 
     @property
     def pid(self) -> int:
@@ -262,14 +254,8 @@ class Daemon:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        if self.process is not None:
+            stop(self.process)
 
     def __enter__(self) -> Daemon:
         return self.start()
@@ -393,34 +379,34 @@ async def put_file(url: str, path: Path) -> bytes:
         await service.close()
 
 
-def warm(path: Path) -> None:
-    with open(path, "rb", buffering=0) as f:
-        while f.read(8 * PIECE):
-            pass
+class Part:
+    """A part of the benchmark: its options, the results it adds to, its directory."""
 
-
-class BlobPart:
-    def __init__(self, opts: argparse.Namespace, results: Results) -> None:
+    def __init__(self, opts: argparse.Namespace, results: Results, name: str) -> None:
         self.opts = opts
         self.results = results
-        self.dir = opts.workdir / "blob"
+        self.dir: Path = opts.workdir / name
+
+
+class BlobPart(Part):
+    def __init__(self, opts: argparse.Namespace, results: Results) -> None:
+        super().__init__(opts, results, "blob")
         self.source = self.dir / "blob.bin"
         self.store = self.dir / "store"
         self.size = opts.blob_size
         self.digest = b""
 
     def prepare(self) -> None:
-        stamp = self.dir / "blob.done"
-        wanted = f"{self.size} {self.opts.seed}"
-        if not stamp.exists() or stamp.read_text() != wanted:
-            for path in (self.source, self.store, stamp):
+        stamp = Stamp.of(self.dir / "blob.done", self.size, self.opts.seed)
+        if not stamp.current():
+            for path in (self.source, self.store, stamp.path):
                 remove(path)
             self.dir.mkdir(parents=True, exist_ok=True)
             print(f"generating a {self.size / 2**30:.2f} GiB random blob", file=sys.stderr)
             corpus.generate_large(self.source, self.size, seed=self.opts.seed)
             digest = asyncio.run(put_file(file_url("objectstore+file", self.store), self.source))
             (self.dir / "digest").write_text(digest.hex())
-            stamp.write_text(wanted)
+            stamp.write()
         self.digest = bytes.fromhex((self.dir / "digest").read_text().strip())
 
     def daemon(self, name: str, transport: str, store: Path) -> Daemon:
@@ -451,7 +437,7 @@ class BlobPart:
                 # Every Put writes into memory freed just before (the first write into
                 # guest memory the host has never backed is several times slower).
                 drop_caches()
-            warm(self.source)
+            read_through(self.source)
             with contextlib.ExitStack() as stack:
                 if target == "local":
                     url, pids = file_url("objectstore+file", store), pids_of(None)
@@ -495,11 +481,9 @@ class BlobPart:
 # -- part 2: a mount of the corpus, embedded against over gRPC -------------------------
 
 
-class MountPart:
+class MountPart(Part):
     def __init__(self, opts: argparse.Namespace, results: Results) -> None:
-        self.opts = opts
-        self.results = results
-        self.dir = opts.workdir / "mount"
+        super().__init__(opts, results, "mount")
         self.tree = self.dir / "tree"
         self.home = self.dir / "home"
         self.mnt = self.dir / "mnt"
@@ -508,34 +492,20 @@ class MountPart:
         self.small: list[str] = []
 
     def prepare(self) -> None:
-        stamp = self.dir / "corpus.done"
-        wanted = f"{self.opts.files} {self.opts.dirs} {self.opts.large_size} {self.opts.seed}"
-        if not stamp.exists() or stamp.read_text() != wanted:
-            for path in (self.tree, self.home, stamp):
+        opts = self.opts
+        stamp = Stamp.of_corpus(self.dir / "corpus.done", opts)
+        if not stamp.current():
+            for path in (self.tree, self.home, stamp.path):
                 remove(path)
             self.dir.mkdir(parents=True, exist_ok=True)
             print("generating the corpus", file=sys.stderr)
-            stats = corpus.generate_tree(
-                self.tree, self.opts.files, self.opts.dirs, seed=self.opts.seed
-            )
-            if self.opts.large_size:
-                corpus.generate_large(
-                    self.tree / LARGE_NAME, self.opts.large_size, seed=self.opts.seed
-                )
+            stats = generate_corpus(self.tree, opts.files, opts.dirs, opts.large_size, opts.seed)
             (self.dir / "corpus.json").write_text(json.dumps(asdict(stats)))
             print("ingesting into the embedded store", file=sys.stderr)
-            line = run([*CAFS, "castore", "ingest", str(self.tree)], env=cafs_env(self.home))
-            (self.dir / "digest").write_text(line.split()[2])
-            stamp.write_text(wanted)
+            (self.dir / "digest").write_text(ingest_tree(self.tree, self.home))
+            stamp.write()
         self.digest = (self.dir / "digest").read_text().strip()
-        self.small = sorted(
-            os.path.relpath(os.path.join(d, f), self.tree)
-            for d, _, fs in os.walk(self.tree)
-            for f in fs
-            if f != LARGE_NAME
-            and os.path.isfile(os.path.join(d, f))
-            and not os.path.islink(os.path.join(d, f))
-        )
+        self.small = small_files(self.tree)
 
     def daemon(self) -> Daemon:
         return Daemon(
@@ -569,37 +539,12 @@ class MountPart:
                 daemon = stack.enter_context(self.daemon())
                 far = daemon.url
                 pids.append(daemon.pid)
-            self.mnt.mkdir(exist_ok=True)
-            with open(self.dir / "logs" / "mount.log", "ab") as log:
-                process = subprocess.Popen(
-                    [
-                        *CAFS,
-                        "castore",
-                        "mount",
-                        self.digest,
-                        str(self.mnt),
-                        *self.service_args(peer, near, far),
-                    ],
-                    env=cafs_env(self.home),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                )
-            pids.append(process.pid)
-            try:
-                wait_mounted(self.mnt, process)
-                set_readahead(self.mnt)
-                yield pids
-            finally:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        process.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait(timeout=30)
-                if is_mounted(self.mnt):
-                    subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+            command = [*CAFS, "castore", "mount", self.digest, str(self.mnt),
+                       *self.service_args(peer, near, far)]  # fmt: skip
+            log = self.dir / "logs" / "mount.log"
+            env = cafs_env(self.home)
+            with mounted(command, self.mnt, env=env, log=log, readahead=True) as process:
+                yield [*pids, process.pid]
 
     def cold(
         self,
@@ -653,23 +598,15 @@ class MountPart:
 # -- the report ------------------------------------------------------------------------
 
 
-def ratio(ours: float | None, reference: float | None) -> float | None:
-    if not ours or not reference:
-        return None
-    return ours / reference
-
-
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def blob_report(results: Results, size: int) -> tuple[list[str], dict[str, object]]:
     lines = [
         f"Blob of {size / 2**30:.2f} GiB through the client API; MB/s, medians;"
         " CPU seconds per run, client (this process) and daemon.",
         "",
-        "| operation | target | MB/s | ÷ local | client CPU s | daemon CPU s |",
-        "|---|---|---:|---:|---:|---:|",
+        *table(
+            ["operation", "target", "MB/s", "÷ local", "client CPU s", "daemon CPU s"],
+            align="llrrrr",
+        ),
     ]
     ratios: dict[str, object] = {}
     for operation in ("read", "put"):
@@ -680,12 +617,10 @@ def blob_report(results: Results, size: int) -> tuple[list[str], dict[str, objec
             share = ratio(value, local)
             if target != "local":
                 ratios[key] = share
-            lines.append(
-                f"| {operation} | {target} | {fmt(value)} | "
-                f"{fmt(share, 2) + '×' if share is not None else '-'} | "
-                f"{fmt(results.median(key, 'client_cpu_s'), 2)} | "
-                f"{fmt(results.median(key, 'server_cpu_s'), 2)} |"
-            )
+            cpu = [
+                grouped(results.median(key, f"{side}_cpu_s"), 2) for side in ("client", "server")
+            ]
+            lines.append(table_row([operation, target, grouped(value), times(share), *cpu]))
     return lines, ratios
 
 
@@ -704,56 +639,33 @@ def read_target(ratios: dict[str, object]) -> tuple[str, dict[str, bool]]:
 
 def mount_report(results: Results) -> tuple[list[str], dict[str, object]]:
     peers = [p for p in MOUNT_PEERS if any(k.startswith(f"{p}/") for k in results.samples)]
+    others = [p for p in peers if p != "embedded"]
     lines = [
         "Mount of the corpus; seconds or MB/s, medians; cost ÷ embedded is the time"
         " ratio for seconds and the inverse ratio for rates (above 1.00× is slower).",
         "",
-        "| workload | "
-        + " | ".join(peers)
-        + " | "
-        + " | ".join(f"{p} ÷ embedded" for p in peers if p != "embedded")
-        + " |",
-        "|---|" + "---:|" * (2 * len(peers) - 1),
+        *table(["workload", *peers, *(f"{p} ÷ embedded" for p in others)]),
     ]
     ratios: dict[str, object] = {}
     for metric, label, higher in MOUNT_METRICS:
         values = {p: results.median(f"{p}/{metric}") for p in peers}
         if all(v is None for v in values.values()):
             continue
-        row = [fmt(values[p], 0 if higher else 3) for p in peers]
-        base = values.get("embedded")
-        for peer in peers:
-            if peer == "embedded":
-                continue
-            value = values[peer]
-            cost = ratio(base, value) if higher else ratio(value, base)
+        row = [label, *(grouped(values[p], 0 if higher else 3) for p in peers)]
+        for peer in others:
+            cost = cost_ratio(values[peer], values.get("embedded"), higher)
             ratios[f"{peer}/{metric}"] = cost
-            row.append("-" if cost is None else f"{cost:.2f}×")
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
+            row.append(times(cost))
+        lines.append(table_row(row))
     return lines, ratios
-
-
-def source_digest() -> str:
-    """A digest of the cafs package's sources, to tell measured code apart."""
-    import cafs
-
-    package = Path(cafs.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="blob,mount", help="comma-separated: blob, mount")
     parser.add_argument("--blob-size", type=corpus.parse_size, default=corpus.DEFAULT_LARGE_SIZE)
-    parser.add_argument("--files", type=int, default=corpus.DEFAULT_FILES)
-    parser.add_argument("--dirs", type=int, default=corpus.DEFAULT_DIRS)
-    parser.add_argument("--large-size", type=corpus.parse_size, default=corpus.DEFAULT_LARGE_SIZE)
+    add_corpus_options(parser)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=corpus.DEFAULT_SEED)
     parser.add_argument("--quiet-timeout", type=float, default=60.0)
     parser.add_argument(
         "--retakes", type=int, default=2, help="times a sample disturbed by others is taken again"
