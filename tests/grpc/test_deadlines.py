@@ -21,7 +21,7 @@ import pytest
 from cafs.castore.blobs.grpc import GrpcBlobService
 from cafs.castore.digest import Digest
 from cafs.errors import InvalidAddressError, RemoteError
-from cafs.grpc.channel import DEFAULT_DEADLINE, RETRY_WINDOW, parse_channel_url
+from cafs.rpc.channel import DEFAULT_DEADLINE, RETRY_WINDOW, parse_channel_url
 from tests.daemon import Daemon, file_services, socket_path, spawn_daemon
 from tests.mount.conftest import expect_errno, mounted
 from tests.process import cafs

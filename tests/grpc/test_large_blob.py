@@ -21,7 +21,7 @@ import pytest
 
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceStub
-from cafs.grpc.channel import parse_channel_url
+from cafs.rpc.channel import parse_channel_url
 from tests.daemon import running_daemon, socket_path
 
 MiB = 1 << 20

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cafs.castore.blobs.grpc import GrpcBlobService
 from cafs.castore.digest import Digest
-from cafs.grpc.channel import parse_channel_url
+from cafs.rpc.channel import parse_channel_url
 from tests.daemon import file_services, running_daemon, socket_path
 from tests.mount.conftest import mounted
 from tests.process import cafs

@@ -27,7 +27,7 @@ from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceStub
 from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceStub
 from cafs.gen.tvix.store.v1 import pathinfo_pb2, rpc_pathinfo_pb2
 from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceStub
-from cafs.grpc.channel import parse_channel_url
+from cafs.rpc.channel import parse_channel_url
 from cafs.store.hashes import CAHash, NixHash
 from cafs.store.pathinfo import PathInfo
 from cafs.store.storepath import StorePath

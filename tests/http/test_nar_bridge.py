@@ -21,13 +21,13 @@ import pytest
 import zstandard
 from aiohttp.test_utils import TestServer
 
-from cafs.config import StoreServices
 from cafs.http.nar_bridge import BridgeOptions, NarBridge
 from cafs.store import nixbase32
 from cafs.store.importer import import_path
 from cafs.store.nar.render import render_nar
 from cafs.store.narinfo import NarInfo
 from cafs.store.pathinfo import PathInfo
+from cafs.store.services import StoreServices
 from cafs.store.signatures import SigningKey
 
 SECRET = SigningKey.generate("cafs-test-1")

@@ -34,7 +34,6 @@ import zstandard
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cafs.config import StoreServices
 from cafs.errors import (
     CafsError,
     IntegrityError,
@@ -50,6 +49,7 @@ from cafs.store.nar.render import render_nar
 from cafs.store.narinfo import NarInfoFlag
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.nix_http import NixHttpPathInfoService, parse_address
+from cafs.store.services import StoreServices
 from cafs.store.signatures import SigningKey
 from cafs.store.storepath import StorePath
 from tests.http.bridge import running_bridge

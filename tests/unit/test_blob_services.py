@@ -245,10 +245,10 @@ async def test_second_process_sees_committed_blobs(tmp_path: Path) -> None:
 
 
 async def test_dead_writers_temp_files_are_swept(tmp_path: Path) -> None:
-    FileObjectStorage(tmp_path)
+    await FileObjectStorage(tmp_path).connect()
     stale = tmp_path / "tmp" / "999999999-deadbeef"
     stale.write_bytes(b"partial")
-    FileObjectStorage(tmp_path)
+    await FileObjectStorage(tmp_path).connect()
     assert not stale.exists()
 
 

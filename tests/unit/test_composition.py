@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from cafs.castore.directories.memory import MemoryDirectoryService
 from cafs.castore.directories.sqlite import SqliteDirectoryService
 from cafs.config import default_blob_service_addr, default_directory_service_addr, store_home
 from cafs.errors import InvalidAddressError
-from cafs.grpc.channel import parse_channel_url
+from cafs.rpc.channel import parse_channel_url
 
 
 @pytest.mark.parametrize(
@@ -87,7 +89,8 @@ BAD_BLOB_URLS = [
     ("objectstore+file:///", "refusing"),
     ("objectstore+file:///tmp/x?foo=bar", "unsupported option"),
     ("objectstore+nope:///x", "unknown object store scheme"),
-    ("objectstore+s3://bucket/prefix", "not supported"),
+    ("objectstore+s3://bucket/prefix?no_such=1", "unknown object store option"),
+    ("objectstore+s3://bucket/prefix?deadline=0", "deadline must be"),
     ("grpc+unix://host/run/cafs.sock", "host may not be set for unix domain sockets"),
     ("grpc+unix://relative.sock", "host may not be set"),
     ("grpc+http://[::1]:8000/some-path", "path may not be set"),
@@ -120,7 +123,8 @@ def test_bad_blob_urls(url: str, reason: str) -> None:
     [
         ("sqlite://host/x", "no host"),
         ("sqlite:///", "refusing"),
-        ("redb:///x", "unknown directory service scheme"),
+        ("redb:///x", "not supported by this cafs build"),
+        ("couchdb:///x", "unknown directory service scheme"),
         ("grpc+unix://host/x", "host may not be set"),
         ("cache://?far=memory://", "cache needs near=URL"),
         ("memory://x", "no host"),
@@ -144,7 +148,9 @@ def test_store_home_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def test_default_urls_are_usable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CAFS_HOME", str(tmp_path / "with space#and?odd"))
-    assert isinstance(blob_service_from_addr(default_blob_service_addr()), ObjectStoreBlobService)
+    blobs = blob_service_from_addr(default_blob_service_addr())
+    assert isinstance(blobs, ObjectStoreBlobService)
+    asyncio.run(blobs.connect())
     directories = directory_service_from_addr(default_directory_service_addr())
     assert isinstance(directories, SqliteDirectoryService)
     assert (tmp_path / "with space#and?odd" / "objects" / "tmp").is_dir()

@@ -11,6 +11,7 @@ from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.castore.ingest import ingest_path
 from cafs.castore.nodes import DirectoryNode, FileNode, Node
+from cafs.castore.services import CastoreServices
 from cafs.cli.common import (
     MountFlags,
     NotFoundError,
@@ -21,7 +22,6 @@ from cafs.cli.common import (
     serve_virtiofs,
     with_services,
 )
-from cafs.config import CastoreServices
 from cafs.fs.root_nodes import DirectoryRootNodes
 from cafs.progress import ingest_progress
 

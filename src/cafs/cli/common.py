@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from cafs.config import CastoreServices
+from cafs.castore.services import CastoreServices
 from cafs.errors import (
     CafsError,
     IntegrityError,

@@ -6,7 +6,7 @@ import click
 
 from cafs.cli.common import log, run_async, using
 from cafs.cli.store import store_service_options
-from cafs.config import StoreServices
+from cafs.store.services import StoreServices
 
 
 @click.command()

@@ -24,7 +24,6 @@ from cafs.cli.common import (
     serve_virtiofs,
     using,
 )
-from cafs.config import StoreServices
 from cafs.progress import count_progress, ingest_progress
 from cafs.store.copy import copy_closure, read_closure
 from cafs.store.importer import import_nar, import_path
@@ -32,6 +31,7 @@ from cafs.store.nar.ingest import file_source
 from cafs.store.nar.render import render_nar
 from cafs.store.pathinfo import PathInfo
 from cafs.store.root_nodes import PathInfoRootNodes
+from cafs.store.services import StoreServices
 from cafs.store.storepath import StorePath
 
 

@@ -27,7 +27,7 @@ from cafs.errors import CafsError, ClosureError, IntegrityError, StorageError
 from cafs.gen.tvix.castore.v1 import castore_pb2, rpc_blobstore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceServicer
 from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceServicer
-from cafs.grpc.status import Refusal, abort, refuse
+from cafs.rpc.status import Refusal, abort, refuse
 
 Context = grpc.aio.ServicerContext[object, object]
 

@@ -23,14 +23,14 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cafs.config import StoreServices
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.grpc.castore import BlobServer, DirectoryServer
-from cafs.grpc.channel import MAX_MESSAGE_BYTES
 from cafs.grpc.listen import ListenAddress, check_bindable, grpc_url
 from cafs.grpc.store import PathInfoServer
+from cafs.rpc.channel import MAX_MESSAGE_BYTES
 from cafs.sockets import ListenError
+from cafs.store.services import StoreServices
 
 log = logging.getLogger(__name__)
 

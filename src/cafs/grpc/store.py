@@ -16,14 +16,14 @@ import grpc
 import grpc.aio
 
 from cafs.castore.nodes import node_from_proto
-from cafs.config import StoreServices
 from cafs.errors import CafsError, PathInfoValidationError, RemoteError, ValidationError
 from cafs.gen.tvix.castore.v1 import castore_pb2
 from cafs.gen.tvix.store.v1 import pathinfo_pb2, rpc_pathinfo_pb2
 from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceServicer
-from cafs.grpc.status import Refusal, abort, refuse
+from cafs.rpc.status import Refusal, abort, refuse
 from cafs.store.importer import nar_of
 from cafs.store.pathinfo import PathInfo
+from cafs.store.services import StoreServices
 from cafs.store.storepath import DIGEST_SIZE
 
 Context = grpc.aio.ServicerContext[object, object]

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cafs.castore.nodes import Node, node_from_proto, node_to_proto
-from cafs.config import StoreServices
 from cafs.errors import CafsError, NarError, NarInfoError
 from cafs.gen.tvix.castore.v1 import castore_pb2
 from cafs.store import nixbase32
@@ -46,6 +45,7 @@ from cafs.store.nar.ingest import ingest_nar
 from cafs.store.nar.render import render_nar
 from cafs.store.narinfo import NarInfo
 from cafs.store.pathinfo import PathInfo
+from cafs.store.services import StoreServices
 from cafs.store.signatures import SigningKey
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from cafs.config import StoreServices
 from cafs.http.nar_bridge import BridgeOptions, NarBridge
 from cafs.sockets import ListenAddress, check_bindable
+from cafs.store.services import StoreServices
 
 log = logging.getLogger(__name__)
 

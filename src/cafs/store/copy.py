@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cafs.config import StoreServices
 from cafs.errors import CafsError, IntegrityError, ValidationError
 from cafs.store.hashes import CAHash, NixHash
 from cafs.store.importer import ingest_with_nar
 from cafs.store.pathinfo import PathInfo
+from cafs.store.services import StoreServices
 from cafs.store.signatures import Signature
 from cafs.store.storepath import StorePath
 

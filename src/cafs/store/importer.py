@@ -13,12 +13,12 @@ from pathlib import Path
 
 from cafs.castore.ingest import IngestProgress, ingest_path
 from cafs.castore.nodes import Node
-from cafs.config import StoreServices
 from cafs.errors import StorePathError
 from cafs.store.hashes import CAHash, NixHash
 from cafs.store.nar.ingest import ByteSource, IngestedNar, ingest_nar
 from cafs.store.nar.render import calculate_nar
 from cafs.store.pathinfo import PathInfo
+from cafs.store.services import StoreServices
 from cafs.store.storepath import ca_store_path, name_problem
 
 

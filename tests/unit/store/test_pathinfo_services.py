@@ -12,7 +12,7 @@ import pytest
 
 from cafs.castore.digest import Digest
 from cafs.castore.nodes import DirectoryNode, FileNode, SymlinkNode
-from cafs.config import StoreServices, default_path_info_service_addr, store_home
+from cafs.config import default_path_info_service_addr, store_home
 from cafs.errors import IntegrityError, InvalidAddressError, InvalidDigestError
 from cafs.store.composition import path_info_service_from_addr
 from cafs.store.hashes import CAHash, NixHash
@@ -23,6 +23,7 @@ from cafs.store.pathinfos.lru import LruPathInfoService
 from cafs.store.pathinfos.memory import MemoryPathInfoService
 from cafs.store.pathinfos.signing import SigningPathInfoService
 from cafs.store.pathinfos.sqlite import LIST_BATCH, SqlitePathInfoService
+from cafs.store.services import StoreServices
 from cafs.store.signatures import Signature, SigningKey
 from cafs.store.storepath import StorePath
 from tests.conftest import daemon_for
@@ -338,7 +339,8 @@ async def test_urls(url: str, kind: type, tmp_path: Path) -> None:
         ("cache://?near=lru://?capacity=10", "cache needs far=URL"),
         ("cache://?near=memory://&far=redb://", "not supported by this cafs build"),
         ("nix+https://cache.nixos.org", "needs blob and directory services"),
-        ("objectstore+file:///x", "unknown path info service scheme"),
+        ("objectstore+ftp:///x", "unknown object store scheme"),
+            ("couchdb:///x", "unknown path info service scheme"),
         ("pathinfo", "expected a URL"),
     ],
 )

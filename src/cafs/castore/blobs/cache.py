@@ -12,18 +12,27 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from urllib.parse import SplitResult
 
 from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, ChunkMeta
 from cafs.castore.blobs.chunked import ChunkedBlobReader
 from cafs.castore.digest import Digest
 from cafs.castore.near_far import NearFar
 from cafs.errors import IntegrityError, StorageError
+from cafs.urls import cache_sides, cache_urls
 
 CHUNK_LISTS_KEPT = 4096
 COPY_BYTES = 1 << 20
 
 
 class CachedBlobService(NearFar[BlobService], BlobService):
+    @classmethod
+    def from_url(cls, url: str, parts: SplitResult) -> CachedBlobService:
+        """``cache://?near=URL&far=URL``: both sides built from their own URLs."""
+        from cafs.castore.composition import blob_service_from_addr
+
+        return cls(*cache_sides(url, cache_urls(url, parts), blob_service_from_addr))
+
     def __init__(self, near: BlobService, far: BlobService) -> None:
         super().__init__(near, far)
         self._chunk_lists: OrderedDict[Digest, list[ChunkMeta]] = OrderedDict()

@@ -18,6 +18,7 @@ import functools
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import SplitResult
 
 import blake3
 import grpc
@@ -36,8 +37,8 @@ from cafs.castore.digest import EMPTY_DIGEST, Digest
 from cafs.errors import CafsError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceStub
-from cafs.grpc.channel import ChannelAddress, Remote, within
-from cafs.grpc.status import error_from, is_missing
+from cafs.rpc.channel import ChannelAddress, Remote, parse_channel_url, within
+from cafs.rpc.status import error_from, is_missing
 
 if TYPE_CHECKING:
     from cafs.gen.tvix.castore.v1.rpc_blobstore_pb2_grpc import BlobServiceAsyncStub
@@ -64,6 +65,11 @@ async def _digest_of(data: bytes) -> Digest:
 
 # Remote first: its connect and close are the service's.
 class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
+    @classmethod
+    def from_url(cls, url: str, parts: SplitResult) -> GrpcBlobService:
+        """``grpc+unix://``, ``grpc+http(s)://``: see ``parse_channel_url``."""
+        return cls(parse_channel_url(url))
+
     def __init__(self, address: ChannelAddress) -> None:
         super().__init__(address, BlobServiceStub)
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from urllib.parse import SplitResult
+
 import blake3
 
 from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, BytesBlobReader
 from cafs.castore.digest import EMPTY_DIGEST, Digest
+from cafs.urls import check_memory_url
 
 
 class MemoryBlobService(BlobService):
+    @classmethod
+    def from_url(cls, url: str, parts: SplitResult) -> MemoryBlobService:
+        """``memory://``: takes no host, path or option."""
+        check_memory_url(url, parts)
+        return cls()
+
     def __init__(self) -> None:
         self._blobs: dict[Digest, bytes] = {}
 

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+from urllib.parse import SplitResult
 
 import blake3
 import zstandard
@@ -34,7 +35,7 @@ from cafs.castore.blobs.base import (
 )
 from cafs.castore.blobs.chunked import ChunkedBlobReader, RecentChunks
 from cafs.castore.digest import EMPTY_DIGEST, Digest
-from cafs.castore.objectstore import ObjectStorage, Staged
+from cafs.castore.objectstore import ObjectStorage, Staged, object_storage_from_url
 from cafs.errors import CafsError, IntegrityError, StorageError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 
@@ -121,7 +122,7 @@ def stage_chunk(storage: ObjectStorage, data: memoryview) -> tuple[ChunkMeta, St
     """Hash, compress and stage one chunk, unless the store has it (blocking)."""
     digest = Digest(blake3.blake3(data).digest())
     key = chunk_key(digest)
-    if storage.exists_sync(key):
+    if storage.refresh_sync(key):
         return ChunkMeta(digest, len(data)), None
     return ChunkMeta(digest, len(data)), storage.stage(key, compress_chunk(data))
 
@@ -137,7 +138,7 @@ def stage_index(storage: ObjectStorage, digest: Digest, chunks: list[ChunkMeta])
     if len(chunks) == 1:
         return []
     key = blob_key(digest)
-    if storage.exists_sync(key):
+    if storage.refresh_sync(key):
         return []
     return [storage.stage(key, index_bytes(chunks))]
 
@@ -178,6 +179,11 @@ READ_MANY_SLICE = 8
 
 
 class ObjectStoreBlobService(BlobService):
+    @classmethod
+    def from_url(cls, url: str, parts: SplitResult) -> ObjectStoreBlobService:
+        """``objectstore+file:///dir``, ``objectstore+memory:///``, ``objectstore+s3://…``."""
+        return cls(object_storage_from_url(url, parts))
+
     def __init__(
         self, storage: ObjectStorage, avg_chunk_size: int = DEFAULT_AVG_CHUNK_SIZE
     ) -> None:
@@ -311,13 +317,16 @@ class ObjectStoreBlobService(BlobService):
 
     async def adopt_chunks(self, digest: Digest, chunks: Sequence[ChunkMeta]) -> None:
         def stage() -> list[Staged]:
-            if not all(self.storage.exists_sync(chunk_key(c.digest)) for c in chunks):
+            if not all(self.storage.refresh_sync(chunk_key(c.digest)) for c in chunks):
                 return []  # a chunk is missing: no index that would point at nothing
             return stage_index(self.storage, digest, list(chunks))
 
         staged = await asyncio.to_thread(stage)
         if staged:
             await self.storage.commit(staged)
+
+    async def connect(self) -> None:
+        await self.storage.connect()
 
     async def close(self) -> None:
         await self.storage.close()

@@ -10,6 +10,7 @@ there too. Writes go to far, the source of truth.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import SplitResult
 
 from cafs.castore.closure import RootToLeavesValidator, leaves_first
 from cafs.castore.digest import Digest
@@ -17,9 +18,17 @@ from cafs.castore.directories.base import DirectoryPutter, DirectoryService
 from cafs.castore.directory import Directory
 from cafs.castore.near_far import NearFar
 from cafs.errors import ClosureError, IntegrityError
+from cafs.urls import cache_sides, cache_urls
 
 
 class CachedDirectoryService(NearFar[DirectoryService], DirectoryService):
+    @classmethod
+    def from_url(cls, url: str, parts: SplitResult) -> CachedDirectoryService:
+        """``cache://?near=URL&far=URL``: both sides built from their own URLs."""
+        from cafs.castore.composition import directory_service_from_addr
+
+        return cls(*cache_sides(url, cache_urls(url, parts), directory_service_from_addr))
+
     async def _fetch_closure(self, root: Digest) -> list[Directory]:
         """``root``'s closure from far, root first, now also kept near; [] if far lacks it."""
         validator = RootToLeavesValidator(root)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
+from urllib.parse import SplitResult
 
 import grpc
 import grpc.aio
@@ -25,8 +26,8 @@ from cafs.castore.nodes import display_name
 from cafs.errors import CafsError, ClosureError, IntegrityError, RemoteError
 from cafs.gen.tvix.castore.v1 import castore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceStub
-from cafs.grpc.channel import ChannelAddress, Remote, within
-from cafs.grpc.status import error_from, is_missing
+from cafs.rpc.channel import ChannelAddress, Remote, parse_channel_url, within
+from cafs.rpc.status import error_from, is_missing
 
 if TYPE_CHECKING:
     from cafs.gen.tvix.castore.v1.rpc_directory_pb2_grpc import DirectoryServiceAsyncStub
@@ -36,6 +37,11 @@ PutCall = grpc.aio.StreamUnaryCall[castore_pb2.Directory, rpc_directory_pb2.PutD
 
 # Remote first: its connect and close are the service's.
 class GrpcDirectoryService(Remote["DirectoryServiceAsyncStub"], DirectoryService):
+    @classmethod
+    def from_url(cls, url: str, parts: SplitResult) -> GrpcDirectoryService:
+        """``grpc+unix://``, ``grpc+http(s)://``: see ``parse_channel_url``."""
+        return cls(parse_channel_url(url))
+
     def __init__(self, address: ChannelAddress) -> None:
         super().__init__(address, DirectoryServiceStub)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import SplitResult
 
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryService, check_digest
 from cafs.castore.directory import Directory
 from cafs.sqlite import SqliteDatabase, transaction
+from cafs.urls import sqlite_database_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS directories (
@@ -23,6 +25,11 @@ CREATE TABLE IF NOT EXISTS directories (
 
 
 class SqliteDirectoryService(DirectoryService):
+    @classmethod
+    def from_url(cls, url: str, parts: SplitResult) -> SqliteDirectoryService:
+        """``sqlite:///path``, or ``sqlite://`` for a throwaway database in memory."""
+        return cls(sqlite_database_path(url, parts))
+
     def __init__(self, path: Path | None) -> None:
         self._db = SqliteDatabase(path, SCHEMA, "directory")
 

@@ -9,14 +9,29 @@ on the next lookup.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import SplitResult
 
 from cafs.castore.near_far import NearFar
 from cafs.castore.nodes import Node
+from cafs.castore.services import CastoreServices
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest
+from cafs.urls import cache_sides, cache_urls
 
 
 class CachePathInfoService(NearFar[PathInfoService], PathInfoService):
+    @classmethod
+    def from_url(
+        cls, url: str, parts: SplitResult, castore: CastoreServices | None = None
+    ) -> CachePathInfoService:
+        """``cache://?near=URL&far=URL``: both sides built from their own URLs."""
+        from cafs.store.composition import path_info_service_from_addr
+
+        def side(side_url: str) -> PathInfoService:
+            return path_info_service_from_addr(side_url, castore)
+
+        return cls(*cache_sides(url, cache_urls(url, parts), side))
+
     async def get(self, digest: bytes) -> PathInfo | None:
         digest = check_store_path_digest(digest)
         info = await self.near.get(digest)

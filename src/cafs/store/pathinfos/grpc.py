@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
+from urllib.parse import SplitResult
 
 import grpc
 import grpc.aio
 
 from cafs.castore.nodes import Node, node_to_proto
+from cafs.castore.services import CastoreServices
 from cafs.errors import CafsError, IntegrityError
 from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.gen.tvix.store.v1.rpc_pathinfo_pb2_grpc import PathInfoServiceStub
-from cafs.grpc.channel import ChannelAddress, Remote
-from cafs.grpc.status import error_from, is_missing
+from cafs.rpc.channel import ChannelAddress, Remote, parse_channel_url
+from cafs.rpc.status import error_from, is_missing
 from cafs.store import nixbase32
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest, check_stored
@@ -37,6 +39,13 @@ CALCULATE_NAR_DEADLINES = 60
 
 
 class GrpcPathInfoService(Remote["PathInfoServiceAsyncStub"], PathInfoService):
+    @classmethod
+    def from_url(
+        cls, url: str, parts: SplitResult, castore: CastoreServices | None = None
+    ) -> GrpcPathInfoService:
+        """``grpc+unix://``, ``grpc+http(s)://``: see ``parse_channel_url``."""
+        return cls(parse_channel_url(url))
+
     def __init__(self, address: ChannelAddress) -> None:
         super().__init__(address, PathInfoServiceStub)
 

@@ -10,12 +10,28 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from urllib.parse import SplitResult
 
+from cafs.castore.services import CastoreServices
+from cafs.errors import InvalidAddressError
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest
+from cafs.urls import query_options
 
 
 class LruPathInfoService(PathInfoService):
+    @classmethod
+    def from_url(
+        cls, url: str, parts: SplitResult, castore: CastoreServices | None = None
+    ) -> LruPathInfoService:
+        """``lru://?capacity=N``: the N most recently used PathInfos, in memory."""
+        if parts.netloc or parts.path:
+            raise InvalidAddressError(url, "lru:// takes no host and no path, only ?capacity=N")
+        text = query_options(url, parts, {"capacity"}).get("capacity", "")
+        if not text.isdigit() or int(text) < 1:
+            raise InvalidAddressError(url, "lru needs ?capacity=N with N at least 1")
+        return cls(int(text))
+
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"LRU capacity must be at least 1, got {capacity}")

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import SplitResult
 
+from cafs.castore.services import CastoreServices
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest, check_stored
+from cafs.urls import check_memory_url
 
 
 class MemoryPathInfoService(PathInfoService):
+    @classmethod
+    def from_url(
+        cls, url: str, parts: SplitResult, castore: CastoreServices | None = None
+    ) -> MemoryPathInfoService:
+        """``memory://``: takes no host, path or option."""
+        check_memory_url(url, parts)
+        return cls()
+
     def __init__(self) -> None:
         # Kept encoded, as a real store would, so reads re-validate.
         self._infos: dict[bytes, bytes] = {}

@@ -28,9 +28,9 @@ import aiohttp
 
 import cafs
 from cafs.castore.blobs.base import BlobService
-from cafs.castore.composition import deadline_option
 from cafs.castore.directories.base import DirectoryService
 from cafs.castore.nodes import Node
+from cafs.castore.services import CastoreServices
 from cafs.errors import (
     CafsError,
     IntegrityError,
@@ -48,6 +48,7 @@ from cafs.store.narinfo import NarInfo
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest
 from cafs.store.signatures import Signature, VerifyingKey
+from cafs.urls import deadline_option
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,18 @@ class NixHttpPathInfoService(PathInfoService):
     reads contents from; they are not closed here, their owner closes them.
     Concurrent lookups of one path share one download.
     """
+
+    @classmethod
+    def from_url(
+        cls, url: str, parts: SplitResult, castore: CastoreServices | None = None
+    ) -> NixHttpPathInfoService:
+        """``nix+http(s)://host/path?trusted-public-keys=…``: see ``parse_address``."""
+        address = parse_address(url, parts)
+        if castore is None:
+            raise InvalidAddressError(
+                url, f"{parts.scheme}:// needs blob and directory services to ingest NARs into"
+            )
+        return cls(address, castore.blobs, castore.directories)
 
     def __init__(
         self,

@@ -9,12 +9,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import SplitResult
 
+from cafs.castore.services import CastoreServices
 from cafs.errors import IntegrityError, ValidationError
 from cafs.sqlite import SqliteDatabase, transaction
 from cafs.store import nixbase32
 from cafs.store.pathinfo import PathInfo
 from cafs.store.pathinfos.base import PathInfoService, check_store_path_digest, check_stored
+from cafs.urls import sqlite_database_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pathinfos (
@@ -38,6 +41,13 @@ def _decode(digest: bytes, data: bytes) -> PathInfo:
 
 
 class SqlitePathInfoService(PathInfoService):
+    @classmethod
+    def from_url(
+        cls, url: str, parts: SplitResult, castore: CastoreServices | None = None
+    ) -> SqlitePathInfoService:
+        """``sqlite:///path``, or ``sqlite://`` for a throwaway database in memory."""
+        return cls(sqlite_database_path(url, parts))
+
     def __init__(self, path: Path | None) -> None:
         self._db = SqliteDatabase(path, SCHEMA, "pathinfo")
 

@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import grpc
 import grpc.aio
 
-from cafs.castore.composition import deadline_option
 from cafs.errors import InvalidAddressError, RemoteError
+from cafs.urls import deadline_option
 
 SCHEMES = ("grpc+unix", "grpc+http", "grpc+https")
 
