@@ -29,7 +29,7 @@ from harness import CAFS, cafs_env, drop_caches, memory_kib, mounted, remove
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
 from cafs.castore.nodes import FileNode
-from cafs.config import CastoreServices
+from cafs.castore.services import CastoreServices
 
 STATUS = re.compile(r"status: inodes held=(\d+) known=(\d+)")
 

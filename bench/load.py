@@ -67,7 +67,7 @@ def client(url: str, blobs: list[tuple[str, str]], reads: int, seed: int,
     """One client process: ``reads`` random blob reads, each compared with its file."""
     from cafs.castore.blobs.grpc import GrpcBlobService
     from cafs.castore.digest import Digest
-    from cafs.grpc.channel import parse_channel_url
+    from cafs.rpc.channel import parse_channel_url
 
     sources = {digest: Path(path).read_bytes() for digest, path in blobs}
 
