@@ -24,20 +24,42 @@ BUSY_TIMEOUT = 30.0
 
 
 class SqliteDatabase:
-    def __init__(self, path: Path | None, schema: str, name: str) -> None:
-        """Open (creating if needed) the database at ``path``; None means in memory."""
+    def __init__(
+        self, path: Path | None, schema: str, name: str, upgrades: tuple[str, ...] = ()
+    ) -> None:
+        """The database at ``path`` (None: in memory), opened on first use or by ``connect``.
+
+        Opening may wait up to ``BUSY_TIMEOUT`` on another process, so it
+        happens on the database thread, never in a constructor on the event loop.
+        """
         self.path = path
         self._name = name
+        self._schema = schema
+        self._upgrades = upgrades
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cafs-{name}")
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def connect(self) -> None:
+        """Open (creating if needed) the database now, so a bad one fails before any work."""
+        await self.run(lambda conn: None)
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, opening it first if needed (on the database thread)."""
+        if self._conn is not None:
+            return self._conn
+        if self._closed:
+            raise StorageError(f"{self._name} database is closed")
         try:
-            self._executor.submit(self._open, schema).result()
+            self._open(self._schema)
         except sqlite3.Error as exc:
-            self._executor.shutdown()
-            raise StorageError(f"cannot open {name} database {path}: {exc}") from exc
+            raise StorageError(f"cannot open {self._name} database {self.path}: {exc}") from exc
         except OSError as exc:
-            self._executor.shutdown()
-            raise StorageError(f"cannot open {name} database {path}: {exc.strerror}") from exc
+            raise StorageError(
+                f"cannot open {self._name} database {self.path}: {exc.strerror}"
+            ) from exc
+        assert self._conn is not None
+        return self._conn
 
     def _open(self, schema: str) -> None:
         if self.path is not None:
@@ -61,6 +83,8 @@ class SqliteDatabase:
                         conn.execute("PRAGMA journal_mode = WAL")
                     conn.execute("PRAGMA synchronous = FULL")
                 conn.executescript(schema)
+                for statement in self._upgrades:
+                    _upgrade(conn, statement)
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -71,10 +95,9 @@ class SqliteDatabase:
         self._conn = conn
 
     def _call(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            raise StorageError(f"{self._name} database is closed")
+        conn = self._connection()
         try:
-            return func(self._conn)
+            return func(conn)
         except sqlite3.Error as exc:
             raise StorageError(f"{self._name} database {self.path}: {exc}") from exc
 
@@ -90,7 +113,17 @@ class SqliteDatabase:
         if self._conn is not None:
             await self.run(shut)
             self._conn = None
+        self._closed = True
         self._executor.shutdown(wait=False)
+
+
+def _upgrade(conn: sqlite3.Connection, statement: str) -> None:
+    """Bring a database made by an older cafs up to the schema (once: a repeat is a no-op)."""
+    try:
+        conn.execute(statement)
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def transaction(conn: sqlite3.Connection, statements: Callable[[sqlite3.Connection], T]) -> T:

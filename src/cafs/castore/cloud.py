@@ -94,7 +94,9 @@ class CloudObjectStorage(ObjectStorage):
                 self._where, config=config or None, client_options=client, retry_config=retry
             )
         except UnknownConfigurationKeyError as exc:
-            raise InvalidAddressError(url, f"unknown object store option: {_first_line(exc)}") from None
+            raise InvalidAddressError(
+                url, f"unknown object store option: {_first_line(exc)}"
+            ) from None
         except (BaseError, ValueError, TypeError) as exc:
             raise InvalidAddressError(url, _first_line(exc)) from None
 

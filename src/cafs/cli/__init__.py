@@ -10,6 +10,7 @@ import click
 from cafs import __version__
 from cafs.cli.castore import castore
 from cafs.cli.daemon import daemon
+from cafs.cli.maintenance import MAINTENANCE_COMMANDS
 from cafs.cli.store import STORE_COMMANDS
 from cafs.tuning import tune_malloc
 
@@ -43,7 +44,7 @@ def main(log_level: str) -> None:
 
 main.add_command(castore)
 main.add_command(daemon)
-for command in STORE_COMMANDS:
+for command in [*STORE_COMMANDS, *MAINTENANCE_COMMANDS]:
     main.add_command(command)
 
 __all__ = ["main"]

@@ -22,6 +22,7 @@ from cafs.cli.common import (
     serve_virtiofs,
     with_services,
 )
+from cafs.errors import CafsError
 from cafs.fs.root_nodes import DirectoryRootNodes
 from cafs.progress import ingest_progress
 
@@ -184,5 +185,65 @@ async def castore_virtiofs(
         await serve_virtiofs(
             services, DirectoryRootNodes(root), socket_path, flags, f"directory {wanted}"
         )
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+def parse_digest(text: str) -> Digest:
+    """A digest on the command line: ``b3:<base64>`` or 64 hex digits."""
+    try:
+        return Digest.parse(text)
+    except CafsError:
+        pass
+    try:
+        return Digest(bytes.fromhex(text))
+    except (ValueError, CafsError):
+        raise click.BadParameter(f"{text!r} is not a digest (b3:… or 64 hex digits)") from None
+
+
+@castore.command("pin")
+@click.argument("digest")
+@castore_service_options
+@run_async
+async def castore_pin(
+    digest: str, blob_service_addr: str | None, directory_service_addr: str | None
+) -> None:
+    """Keep a castore root (a directory's closure, or a blob) through cafs gc."""
+    wanted = parse_digest(digest)
+
+    async def body(services: CastoreServices) -> None:
+        if await services.directories.get(wanted) is None and not await services.blobs.has(wanted):
+            raise NotFoundError(f"{wanted} is neither a directory nor a blob in the store")
+        await services.directories.pin(wanted)
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+@castore.command("unpin")
+@click.argument("digest")
+@castore_service_options
+@run_async
+async def castore_unpin(
+    digest: str, blob_service_addr: str | None, directory_service_addr: str | None
+) -> None:
+    """Let cafs gc free a root pinned before (unless something else reaches it)."""
+    wanted = parse_digest(digest)
+
+    async def body(services: CastoreServices) -> None:
+        if not await services.directories.unpin(wanted):
+            raise NotFoundError(f"{wanted} is not pinned")
+
+    await with_services(blob_service_addr, directory_service_addr, body)
+
+
+@castore.command("pins")
+@castore_service_options
+@run_async
+async def castore_pins(blob_service_addr: str | None, directory_service_addr: str | None) -> None:
+    """List the pinned roots."""
+
+    async def body(services: CastoreServices) -> None:
+        for digest in await services.directories.pins():
+            click.echo(str(digest))
 
     await with_services(blob_service_addr, directory_service_addr, body)

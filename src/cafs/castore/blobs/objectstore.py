@@ -35,7 +35,8 @@ from cafs.castore.blobs.base import (
 )
 from cafs.castore.blobs.chunked import ChunkedBlobReader, RecentChunks
 from cafs.castore.digest import EMPTY_DIGEST, Digest
-from cafs.castore.objectstore import ObjectStorage, Staged, object_storage_from_url
+from cafs.castore.maintenance import Cutoff, Found, Live, Problem, Progress, Report, digest_of_key
+from cafs.castore.objectstore import ObjectInfo, ObjectStorage, Staged, object_storage_from_url
 from cafs.errors import CafsError, IntegrityError, StorageError
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2
 
@@ -330,6 +331,118 @@ class ObjectStoreBlobService(BlobService):
 
     async def close(self) -> None:
         await self.storage.close()
+
+    async def touch(self, digest: Digest) -> None:
+        """Mark a blob as just used (a near cache's least-recently-used order)."""
+        await self.storage.touch(chunk_key(digest))
+
+    def _listing(self) -> tuple[list[ObjectInfo], list[ObjectInfo]]:
+        """Every chunk and every blob index (blocking)."""
+        return list(self.storage.list_sync("chunks/")), list(self.storage.list_sync("blobs/"))
+
+    async def collect(self, live: Live, cutoff: Cutoff, dry_run: bool) -> list[Found]:
+        chunks, indexes = await asyncio.to_thread(self._listing)
+        # A single-chunk blob is its chunk; a larger one keeps the chunks its index names.
+        live_chunks = set(live.blobs)
+        for info in indexes:
+            digest = digest_of_key(info.key)
+            if digest is not None and digest in live.blobs:
+                listed = await self._index(digest)
+                live_chunks.update(c.digest for c in listed or [])
+        dead_indexes = _dead(indexes, live.blobs, cutoff)
+        dead_chunks = _dead(chunks, live_chunks, cutoff)
+        if not dry_run:
+            # Indexes first: an index never outlives a chunk it names.
+            dead_indexes = await self.storage.sweep(dead_indexes, cutoff.at)
+            dead_chunks = await self.storage.sweep(dead_chunks, cutoff.at)
+        return [Found("blob index", i.key, i.size) for i in dead_indexes] + [
+            Found("chunk", i.key, i.size) for i in dead_chunks
+        ]
+
+    async def verify(self, report: Report, progress: Progress) -> int:
+        chunks, indexes = await asyncio.to_thread(self._listing)
+        checked = 0
+        present: set[Digest] = set()
+        for start in range(0, len(chunks), VERIFY_BATCH):
+            batch = chunks[start : start + VERIFY_BATCH]
+            for info, problem in await asyncio.to_thread(self._verify_chunks, batch):
+                if problem is None:
+                    digest = digest_of_key(info.key)
+                    if digest is not None:
+                        present.add(digest)
+                else:
+                    report(Problem("chunk", info.key, problem))
+            checked += len(batch)
+            progress(checked)
+        for info in indexes:
+            problem = await self._verify_index(info.key, present)
+            if problem is not None:
+                report(Problem("blob index", info.key, problem))
+            checked += 1
+            progress(checked)
+        return checked
+
+    def _verify_chunks(self, batch: list[ObjectInfo]) -> list[tuple[ObjectInfo, str | None]]:
+        results: list[tuple[ObjectInfo, str | None]] = []
+        for info in batch:
+            digest = digest_of_key(info.key)
+            if digest is None:
+                results.append((info, "not named by a digest"))
+                continue
+            try:
+                found = load_verified_chunk(self.storage, digest)
+            except CafsError as exc:
+                results.append((info, str(exc)))
+                continue
+            results.append((info, None if found is not None else "vanished while checked"))
+        return results
+
+    async def _verify_index(self, key: str, present: set[Digest]) -> str | None:
+        """An index must parse, name chunks that are there, and hash to its blob's digest."""
+        digest = digest_of_key(key)
+        if digest is None:
+            return "not named by a digest"
+        try:
+            chunks = await self._index(digest)
+        except CafsError as exc:
+            return str(exc)
+        if chunks is None:
+            return None  # removed while checked
+        if len(chunks) == 1 and digest != chunks[0].digest:
+            return f"lists one chunk {chunks[0].digest} but the blob is {digest}"
+        missing = [c.digest for c in chunks if c.digest not in present]
+        if missing:
+            return f"names {len(missing)} missing or corrupt chunks, e.g. {missing[0]}"
+        hasher = blake3.blake3()
+        for chunk in chunks:
+            try:
+                data = await self._fetch_chunk(chunk)
+            except CafsError as exc:
+                return str(exc)
+            if len(data) != chunk.size:
+                return f"says chunk {chunk.digest} has {chunk.size} bytes, it has {len(data)}"
+            hasher.update(data)
+        if hasher.digest() != digest:
+            return f"its chunks hash to {Digest(hasher.digest())}, not to the blob's digest"
+        return None
+
+    async def remove(self, problems: Sequence[Problem]) -> int:
+        keys = [p.key for p in problems if p.kind in ("chunk", "blob index")]
+        await self.storage.delete(keys)
+        return len(keys)
+
+
+VERIFY_BATCH = 64
+
+
+def _dead(listed: list[ObjectInfo], live: set[Digest], cutoff: Cutoff) -> list[ObjectInfo]:
+    """Objects named by a digest that is not live, written before the cutoff."""
+    dead = []
+    for info in listed:
+        digest = digest_of_key(info.key)
+        if digest is not None and digest not in live and info.modified <= cutoff.at:
+            dead.append(info)
+    return dead
 
 
 class ObjectStoreBlobWriter(BlobWriter):

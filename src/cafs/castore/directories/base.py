@@ -6,10 +6,12 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator
 
+import blake3
+
 from cafs.castore.closure import LeavesToRootValidator
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
-from cafs.errors import IntegrityError, StorageError
+from cafs.errors import CafsError, IntegrityError, StorageError
 
 
 class DirectoryPutter(ABC):
@@ -66,6 +68,18 @@ class DirectoryService(ABC):
     def put_multiple_start(self) -> DirectoryPutter:
         return ValidatingPutter(self)
 
+    async def pin(self, digest: Digest) -> None:
+        """Keep ``digest`` (a directory's closure, or a blob) through garbage collection."""
+        raise StorageError(f"{type(self).__name__} keeps no pins")
+
+    async def unpin(self, digest: Digest) -> bool:
+        """Drop a pin; False if there was none."""
+        raise StorageError(f"{type(self).__name__} keeps no pins")
+
+    async def pins(self) -> list[Digest]:
+        """Every pinned digest (none for a backend that keeps no pins)."""
+        return []
+
     async def connect(self) -> None:  # noqa: B027 - only remote backends connect
         """Reach the backend now, failing early (remote backends with ``wait-connect=1``)."""
 
@@ -100,3 +114,14 @@ def check_digest(expected: Digest, directory: Directory) -> Directory:
     if directory.digest != expected:
         raise IntegrityError(f"directory {expected} is corrupt: it hashes to {directory.digest}")
     return directory
+
+
+def checked_directory(digest: Digest, key: str, data: bytes) -> Directory:
+    """A stored Directory, refused unless it hashes to its digest and is valid."""
+    actual = Digest(blake3.blake3(data).digest())
+    if actual != digest:
+        raise IntegrityError(f"directory {digest} is corrupt: it hashes to {actual} ({key})")
+    try:
+        return Directory.from_bytes(data)
+    except CafsError as exc:
+        raise IntegrityError(f"directory {digest} is corrupt: {exc} ({key})") from exc

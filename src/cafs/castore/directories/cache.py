@@ -68,3 +68,12 @@ class CachedDirectoryService(NearFar[DirectoryService], DirectoryService):
 
     def put_multiple_start(self) -> DirectoryPutter:
         return self.far.put_multiple_start()
+
+    async def pin(self, digest: Digest) -> None:
+        await self.far.pin(digest)
+
+    async def unpin(self, digest: Digest) -> bool:
+        return await self.far.unpin(digest)
+
+    async def pins(self) -> list[Digest]:
+        return await self.far.pins()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from urllib.parse import SplitResult
 
 import blake3
@@ -26,9 +26,15 @@ import zstandard
 
 from cafs.castore.closure import RootToLeavesValidator
 from cafs.castore.digest import Digest
-from cafs.castore.directories.base import DirectoryPutter, DirectoryService, ValidatingPutter
+from cafs.castore.directories.base import (
+    DirectoryPutter,
+    DirectoryService,
+    ValidatingPutter,
+    checked_directory,
+)
 from cafs.castore.directory import Directory
-from cafs.castore.objectstore import ObjectStorage, Staged, object_storage_from_url
+from cafs.castore.maintenance import Cutoff, Found, Live, Problem, Progress, Report, digest_of_key
+from cafs.castore.objectstore import ObjectInfo, ObjectStorage, Staged, object_storage_from_url
 from cafs.errors import CafsError, ClosureError, IntegrityError
 
 # tvix's frame limit (its comment calls it 1 MiB; the constant is 1,000 MiB).
@@ -36,6 +42,18 @@ MAX_FRAME = 1024 * 1024 * 1000
 # A closure object expands to at most this much (decompression bombs).
 MAX_CLOSURE_BYTES = 4 << 30
 ZSTD_LEVEL = 3
+
+
+PINS = "pins/b3/"
+
+
+def pin_key(digest: bytes) -> str:
+    return f"{PINS}{digest.hex()}"
+
+
+def _is_dead(info: ObjectInfo, live: set[Digest], cutoff: Cutoff) -> bool:
+    digest = digest_of_key(info.key)
+    return digest is not None and digest not in live and info.modified <= cutoff.at
 
 
 def closure_key(digest: bytes) -> str:
@@ -161,6 +179,92 @@ class ObjectStoreDirectoryService(DirectoryService):
         staged = await asyncio.to_thread(stage)
         await self.storage.commit(staged)
 
+    async def pin(self, digest: Digest) -> None:
+        staged = await asyncio.to_thread(self.storage.stage, pin_key(digest), b"")
+        await self.storage.commit([staged])
+
+    async def unpin(self, digest: Digest) -> bool:
+        key = pin_key(digest)
+        if not await self.storage.exists(key):
+            return False
+        await self.storage.delete([key])
+        return True
+
+    async def pins(self) -> list[Digest]:
+        listed = await asyncio.to_thread(lambda: list(self.storage.list_sync(PINS)))
+        return sorted(d for d in (digest_of_key(i.key) for i in listed) if d is not None)
+
+    def _listing(self) -> tuple[list[ObjectInfo], list[ObjectInfo]]:
+        """Every single-directory object and every closure object (blocking)."""
+        singles = list(self.storage.list_sync("directories/"))
+        return singles, list(self.storage.list_sync("dirs/"))
+
+    async def collect(self, live: Live, cutoff: Cutoff, dry_run: bool) -> list[Found]:
+        singles, closures = await asyncio.to_thread(self._listing)
+        dead_closures = [i for i in closures if _is_dead(i, live.directories, cutoff)]
+        dead_singles = [i for i in singles if _is_dead(i, live.directories, cutoff)]
+        if not dry_run:
+            dead_closures = await self.storage.sweep(dead_closures, cutoff.at)
+            dead_singles = await self.storage.sweep(dead_singles, cutoff.at)
+        return [Found("closure", i.key, i.size) for i in dead_closures] + [
+            Found("directory", i.key, i.size) for i in dead_singles
+        ]
+
+    async def verify(self, report: Report, progress: Progress) -> int:
+        singles, closures = await asyncio.to_thread(self._listing)
+        checked = 0
+        for kind, listed, check in (
+            ("directory", singles, self._check_single),
+            ("closure", closures, self._check_closure),
+        ):
+            for start in range(0, len(listed), 256):
+                batch = listed[start : start + 256]
+                problems = await asyncio.to_thread(_each, check, batch)
+                for info, problem in zip(batch, problems, strict=True):
+                    if problem is not None:
+                        report(Problem(kind, info.key, problem))
+                checked += len(batch)
+                progress(checked)
+        return checked
+
+    def _check_single(self, info: ObjectInfo) -> str | None:
+        digest = digest_of_key(info.key)
+        if digest is None:
+            return "not named by a digest"
+        data = self.storage.get_sync(info.key)
+        if data is None:
+            return None
+        try:
+            directory = checked_directory(digest, info.key, data)
+        except CafsError as exc:
+            return str(exc)
+        for _, child in directory.directories():
+            key = directory_key(child.digest)
+            if not self.storage.exists_sync(key) and not self.storage.exists_sync(
+                closure_key(child.digest)
+            ):
+                return f"refers to directory {child.digest}, which is missing"
+        return None
+
+    def _check_closure(self, info: ObjectInfo) -> str | None:
+        digest = digest_of_key(info.key)
+        if digest is None:
+            return "not named by a digest"
+        raw = self.storage.get_sync(info.key)
+        if raw is None:
+            return None
+        try:
+            for _ in decode_closure(digest, raw):
+                pass
+        except CafsError as exc:
+            return str(exc)
+        return None
+
+    async def remove(self, problems: Sequence[Problem]) -> int:
+        keys = [p.key for p in problems if p.kind in ("directory", "closure")]
+        await self.storage.delete(keys)
+        return len(keys)
+
     async def connect(self) -> None:
         await self.storage.connect()
 
@@ -186,12 +290,5 @@ class _ClosurePutter(ValidatingPutter):
         return root
 
 
-def checked_directory(digest: Digest, key: str, data: bytes) -> Directory:
-    """A stored Directory, refused unless it hashes to its digest and is valid."""
-    actual = Digest(blake3.blake3(data).digest())
-    if actual != digest:
-        raise IntegrityError(f"directory {digest} is corrupt: it hashes to {actual} ({key})")
-    try:
-        return Directory.from_bytes(data)
-    except CafsError as exc:
-        raise IntegrityError(f"directory {digest} is corrupt: {exc} ({key})") from exc
+def _each(check: Callable[[ObjectInfo], str | None], batch: list[ObjectInfo]) -> list[str | None]:
+    return [check(info) for info in batch]

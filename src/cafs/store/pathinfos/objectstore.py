@@ -9,9 +9,10 @@ object is validated on read and must describe the path it is filed under.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import SplitResult
 
+from cafs.castore.maintenance import Problem, Report
 from cafs.castore.objectstore import ObjectStorage, object_storage_from_url
 from cafs.castore.services import CastoreServices
 from cafs.errors import HashFormatError, IntegrityError, ValidationError
@@ -58,6 +59,14 @@ class ObjectStorePathInfoService(PathInfoService):
         return info
 
     async def list(self) -> AsyncIterator[PathInfo]:
+        def fail(problem: Problem) -> None:
+            raise IntegrityError(f"path info {problem.key}: {problem.reason}")
+
+        async for info in self.verify_each(fail):
+            yield info
+
+    async def verify_each(self, report: Report) -> AsyncIterator[PathInfo]:
+        """Every PathInfo that decodes and is filed right; each other one is reported."""
         listed = await asyncio.to_thread(lambda: list(self.storage.list_sync(PREFIX)))
         for key in sorted(info.key for info in listed):
             name = key.removeprefix(PREFIX)
@@ -66,10 +75,20 @@ class ObjectStorePathInfoService(PathInfoService):
             except HashFormatError:
                 digest = b""
             if len(digest) != DIGEST_SIZE:
-                raise IntegrityError(f"object {key} is not named by a store path digest")
+                report(Problem("path info", key, "not named by a store path digest"))
+                continue
             data = await self.storage.get(key)
-            if data is not None:  # removed since it was listed
+            if data is None:  # removed since it was listed
+                continue
+            try:
                 yield decode_path_info(digest, key, data)
+            except IntegrityError as exc:
+                report(Problem("path info", key, str(exc)))
+
+    async def remove(self, problems: Sequence[Problem]) -> int:
+        keys = [p.key for p in problems if p.kind == "path info"]
+        await self.storage.delete(keys)
+        return len(keys)
 
     async def connect(self) -> None:
         await self.storage.connect()

@@ -7,10 +7,11 @@ tvix's redb backend keeps, and are re-validated on every read.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from urllib.parse import SplitResult
 
+from cafs.castore.maintenance import Problem, Report
 from cafs.castore.services import CastoreServices
 from cafs.errors import IntegrityError, ValidationError
 from cafs.sqlite import SqliteDatabase, transaction
@@ -94,6 +95,45 @@ class SqlitePathInfoService(PathInfoService):
             if len(rows) < LIST_BATCH:
                 return
             after = rows[-1][0]
+
+    async def verify_each(self, report: Report) -> AsyncIterator[PathInfo]:
+        """Every PathInfo that decodes and is filed right; each other one is reported."""
+        after = b""
+        while True:
+
+            def page(conn: sqlite3.Connection, after: bytes = after) -> list[tuple[bytes, bytes]]:
+                rows = conn.execute(
+                    "SELECT digest, data FROM pathinfos WHERE digest > ? ORDER BY digest LIMIT ?",
+                    (after, LIST_BATCH),
+                ).fetchall()
+                return [(bytes(digest), bytes(data)) for digest, data in rows]
+
+            rows = await self._db.run(page)
+            for digest, data in rows:
+                try:
+                    info = _decode(digest, data)
+                except IntegrityError as exc:
+                    report(Problem("path info", nixbase32.encode(digest), str(exc)))
+                    continue
+                yield info
+            if len(rows) < LIST_BATCH:
+                return
+            after = rows[-1][0]
+
+    async def remove(self, problems: Sequence[Problem]) -> int:
+        digests = [nixbase32.decode(p.key) for p in problems if p.kind == "path info"]
+
+        def delete(conn: sqlite3.Connection) -> None:
+            def statements(c: sqlite3.Connection) -> None:
+                c.executemany("DELETE FROM pathinfos WHERE digest = ?", [(d,) for d in digests])
+
+            transaction(conn, statements)
+
+        await self._db.run(delete)
+        return len(digests)
+
+    async def connect(self) -> None:
+        await self._db.connect()
 
     async def close(self) -> None:
         await self._db.close()
