@@ -49,7 +49,7 @@ class SqliteDirectoryService(DirectoryService):
     async def get(self, digest: Digest) -> Directory | None:
         def select(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute(
-                "SELECT data FROM directories WHERE digest = ?", (bytes(digest),)
+                "SELECT CAST(data AS BLOB) FROM directories WHERE digest = ?", (bytes(digest),)
             ).fetchone()
             return None if row is None else bytes(row[0])
 
@@ -145,7 +145,7 @@ class SqliteDirectoryService(DirectoryService):
         checked = 0
         known: set[Digest] = set()
         children: list[tuple[Digest, Digest]] = []
-        async for rows in self._pages("data, 0"):
+        async for rows in self._pages("CAST(data AS BLOB), 0"):
             for digest_bytes, data, _ in rows:
                 digest = Digest(digest_bytes)
                 try:
