@@ -26,7 +26,16 @@ BLOB_BACKENDS = [
     "grpc-unix",
     "grpc-tcp",
 ]
-DIRECTORY_BACKENDS = ["memory", "sqlite-memory", "sqlite", "cache", "grpc-unix", "grpc-tcp"]
+DIRECTORY_BACKENDS = [
+    "memory",
+    "sqlite-memory",
+    "sqlite",
+    "objectstore+memory",
+    "objectstore+file",
+    "cache",
+    "grpc-unix",
+    "grpc-tcp",
+]
 
 # What the daemon behind each gRPC kind stores in: chunked blobs on one, whole ones on the other.
 DAEMON_SERVICES = {
@@ -70,6 +79,8 @@ def directory_url(kind: str, tmp_path: Path) -> str:
         "sqlite-memory": "sqlite://",
         "sqlite": f"sqlite://{tmp_path / 'directories.sqlite'}",
         "cache": f"cache://?near=memory://&far=sqlite://{tmp_path / 'far.sqlite'}",
+        "objectstore+memory": "objectstore+memory:///",
+        "objectstore+file": f"objectstore+file://{tmp_path / 'directories'}",
     }[kind]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,97 @@ async def test_sqlite_second_process_writes_first_reads(tmp_path: Path) -> None:
         assert len([d async for d in reader.get_recursive(DIRECTORY_D.digest)]) == 3
     finally:
         await reader.close()
+
+
+# -- the object-store layout, shared with tvix -----------------------------------------
+
+
+def tvix_frames(directories: list[Directory]) -> bytes:
+    """A closure object as tvix writes one, built here from its description:
+    zstd over frames of a big-endian u32 length and a Directory, root first."""
+    import struct
+
+    import zstandard
+
+    raw = b"".join(
+        struct.pack(">I", len(d.canonical_bytes())) + d.canonical_bytes() for d in directories
+    )
+    return zstandard.ZstdCompressor().compress(raw)
+
+
+def read_frames(data: bytes) -> list[bytes]:
+    import struct
+
+    import zstandard
+
+    raw = zstandard.ZstdDecompressor().stream_reader(data).read()
+    frames, offset = [], 0
+    while offset < len(raw):
+        (length,) = struct.unpack_from(">I", raw, offset)
+        frames.append(raw[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return frames
+
+
+async def test_objectstore_reads_a_closure_written_by_tvix(tmp_path: Path) -> None:
+    root = tmp_path / "bucket"
+    digest = DIRECTORY_D.digest.hex()
+    obj = root / "dirs" / "b3" / digest[:4] / digest
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(tvix_frames([DIRECTORY_D, DIRECTORY_B, DIRECTORY_A]))
+    service = directory_service_from_addr(f"objectstore+file://{root}")
+    try:
+        assert await service.get(DIRECTORY_D.digest) == DIRECTORY_D
+        got = [d async for d in service.get_recursive(DIRECTORY_D.digest)]
+        assert got == [DIRECTORY_D, DIRECTORY_B, DIRECTORY_A]
+        # tvix keeps no object per child: only the closure's root can be asked for.
+        assert await service.get(DIRECTORY_B.digest) is None
+    finally:
+        await service.close()
+
+
+async def test_objectstore_writes_closures_tvix_can_read(tmp_path: Path) -> None:
+    root = tmp_path / "bucket"
+    service = directory_service_from_addr(f"objectstore+file://{root}")
+    try:
+        putter = service.put_multiple_start()
+        for directory in (DIRECTORY_A, DIRECTORY_B, DIRECTORY_D):
+            await putter.put(directory)
+        assert await putter.close() == DIRECTORY_D.digest
+        # Any directory of the closure can be fetched on its own (a mount's lookups).
+        assert await service.get(DIRECTORY_B.digest) == DIRECTORY_B
+    finally:
+        await service.close()
+    digest = DIRECTORY_D.digest.hex()
+    frames = read_frames((root / "dirs" / "b3" / digest[:4] / digest).read_bytes())
+    assert frames[0] == DIRECTORY_D.canonical_bytes()
+    validator = RootToLeavesValidator(DIRECTORY_D.digest)
+    for frame in frames:
+        validator.add(Directory.from_bytes(frame))
+    assert not validator.missing() and len(frames) == 3
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d: d[:-3], "cut off inside a zstd frame"),
+        (lambda d: b"junk" + d, "not valid zstd"),
+        (lambda d: tvix_frames([DIRECTORY_D, DIRECTORY_B]), "lacks 1 directories"),
+        (lambda d: tvix_frames([DIRECTORY_D, DIRECTORY_C]), "unexpected directory"),
+        (lambda d: tvix_frames([DIRECTORY_B, DIRECTORY_A]), "unexpected directory"),
+    ],
+)
+async def test_objectstore_refuses_a_damaged_closure(
+    tmp_path: Path, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    root = tmp_path / "bucket"
+    digest = DIRECTORY_D.digest.hex()
+    obj = root / "dirs" / "b3" / digest[:4] / digest
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(damage(tvix_frames([DIRECTORY_D, DIRECTORY_B, DIRECTORY_A])))
+    service = directory_service_from_addr(f"objectstore+file://{root}")
+    try:
+        with pytest.raises(IntegrityError, match=reason):
+            [d async for d in service.get_recursive(DIRECTORY_D.digest)]
+    finally:
+        await service.close()

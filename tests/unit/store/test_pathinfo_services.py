@@ -72,7 +72,7 @@ class CountingMemoryService(MemoryPathInfoService):
         return await super().get(digest)
 
 
-BACKENDS = ["memory", "sqlite", "lru", "signing", "grpc-unix", "grpc-tcp"]
+BACKENDS = ["memory", "sqlite", "objectstore", "lru", "signing", "grpc-unix", "grpc-tcp"]
 
 
 def cached(far: PathInfoService, capacity: int) -> CachePathInfoService:
@@ -84,6 +84,8 @@ def make_service(kind: str, tmp_path: Path) -> PathInfoService:
         return path_info_service_from_addr("memory://")
     if kind == "sqlite":
         return path_info_service_from_addr(f"sqlite://{tmp_path / 'pathinfo.sqlite'}")
+    if kind == "objectstore":
+        return path_info_service_from_addr(f"objectstore+file://{tmp_path / 'bucket'}")
     if kind == "lru":
         return cached(MemoryPathInfoService(), capacity=2)
     return SigningPathInfoService(MemoryPathInfoService(), SIGNING_KEY)
@@ -340,7 +342,7 @@ async def test_urls(url: str, kind: type, tmp_path: Path) -> None:
         ("cache://?near=memory://&far=redb://", "not supported by this cafs build"),
         ("nix+https://cache.nixos.org", "needs blob and directory services"),
         ("objectstore+ftp:///x", "unknown object store scheme"),
-            ("couchdb:///x", "unknown path info service scheme"),
+        ("couchdb:///x", "unknown path info service scheme"),
         ("pathinfo", "expected a URL"),
     ],
 )
@@ -372,6 +374,7 @@ async def test_store_services_default(monkeypatch: pytest.MonkeyPatch, tmp_path:
     services = StoreServices.from_addrs("memory://", "memory://")
     try:
         assert isinstance(services.path_infos, SqlitePathInfoService)
+        await services.connect()  # databases open here, off the event loop
     finally:
         await services.close()
     assert (tmp_path / "pathinfo.sqlite").exists()

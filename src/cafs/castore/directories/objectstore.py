@@ -79,13 +79,7 @@ def encode_closure(root_first: list[Directory]) -> bytes:
 def decode_closure(root: Digest, raw: bytes) -> Iterator[Directory]:
     """The Directories of a closure object, each checked against the root's closure."""
     key = closure_key(root)
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(raw)
-        data = reader.read(MAX_CLOSURE_BYTES + 1)
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"directory closure {key} is not valid zstd data: {exc}") from exc
-    if len(data) > MAX_CLOSURE_BYTES:
-        raise IntegrityError(f"directory closure {key} expands to more than {MAX_CLOSURE_BYTES}")
+    data = _decompress_frames(key, raw)
     validator = RootToLeavesValidator(root)
     view = memoryview(data)
     offset = 0
@@ -112,6 +106,26 @@ def decode_closure(root: Digest, raw: bytes) -> Iterator[Directory]:
         raise IntegrityError(
             f"directory closure {key} lacks {len(missing)} directories, e.g. {min(missing)}"
         )
+
+
+def _decompress_frames(key: str, raw: bytes) -> bytes:
+    """Every zstd frame of ``raw``, each complete: a cut-off object is an error."""
+    out = bytearray()
+    rest = raw
+    try:
+        while rest:
+            frame = zstandard.ZstdDecompressor().decompressobj()
+            out += frame.decompress(rest)
+            if not frame.eof:
+                raise IntegrityError(f"directory closure {key} is cut off inside a zstd frame")
+            if len(out) > MAX_CLOSURE_BYTES:
+                raise IntegrityError(
+                    f"directory closure {key} expands to more than {MAX_CLOSURE_BYTES} bytes"
+                )
+            rest = frame.unused_data
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"directory closure {key} is not valid zstd data: {exc}") from exc
+    return bytes(out)
 
 
 class ObjectStoreDirectoryService(DirectoryService):
