@@ -85,15 +85,24 @@ def cache_urls(url: str, parts: SplitResult, extra: frozenset[str] = frozenset()
 
     The values are URLs themselves, so they are split at the first ``=``
     only and %-decoded without turning ``+`` into a space
-    (``far=grpc+unix:///run/cafs.sock`` works as written); a value holding
-    ``&`` must write it as ``%26``. ``extra`` names the other options the
+    (``far=grpc+unix:///run/cafs.sock`` works as written). A value with a
+    query of its own keeps the ``&k=v`` pairs that follow it, up to the next
+    option of the cache (``far=objectstore+s3://b/p?endpoint=…&region=…``);
+    ``%26`` writes an ``&`` anywhere. ``extra`` names the other options the
     caller accepts.
     """
     if parts.netloc or parts.path:
         raise InvalidAddressError(url, "cache:// takes no host and no path, only ?near=…&far=…")
     known = {"near", "far"} | extra
-    found: dict[str, str] = {}
+    pairs: list[str] = []
     for pair in parts.query.split("&") if parts.query else []:
+        key = pair.partition("=")[0]
+        if pairs and key not in known and "?" in pairs[-1].partition("=")[2]:
+            pairs[-1] += "&" + pair  # an option of the URL before it
+        else:
+            pairs.append(pair)
+    found: dict[str, str] = {}
+    for pair in pairs:
         key, sep, value = pair.partition("=")
         if key not in known:
             names = ", ".join(sorted(known))
