@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,22 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
         return ports
+
+
+def free_port_pair(offset: int = 10000) -> tuple[int, int]:
+    """A free port ``p`` with ``p + offset`` free too (weed's implied gRPC port)."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port + offset > 65535:
+                continue
+            try:
+                second.bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+            return port, port + offset
+    raise RuntimeError(f"no free port p on 127.0.0.1 with p + {offset} free")
 
 
 def _grpc_address(port: int, grpc_port: int) -> str:
@@ -166,21 +183,26 @@ class WeedProcess:
                 start_new_session=True,  # its own process group, signalled as one
             )
 
+    def terminate(self) -> None:
+        """SIGTERM its process group (``stop`` finishes the job)."""
+        if self.process is not None and self.process.returncode is None:
+            self._signal(signal.SIGTERM)
+
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM its process group, wait up to ``grace`` s, then SIGKILL; always reaped."""
+        self.terminate()
+        self.finish(time.monotonic() + grace)
+
+    def finish(self, deadline: float) -> None:
+        """Wait for the exit until ``deadline``, then SIGKILL the group; reap it."""
         process = self.process
-        if process is None:
-            return
-        if process.returncode is None:
-            self._signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        # SIGKILL the group even if the leader is gone: nothing of it may outlive the test.
-        self._signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
+        if process is not None and process.returncode is None:
+            # Not reaped yet, so its PID (= process group) cannot belong to anyone else.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            self._signal(signal.SIGKILL)  # the leader if still there, and anything it left
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
         self._remove_sockets()
 
     def kill(self) -> None:
@@ -278,19 +300,20 @@ class Seaweed:
             name = f"test-{next(_bucket_numbers)}-{uuid.uuid4().hex[:8]}"
         status, body = self._request("PUT", f"/{name}")
         if status != 200:
-            raise RuntimeError(f"CreateBucket {name}: HTTP {status}: {body.decode(errors='replace')}")
+            raise RuntimeError(
+                f"CreateBucket {name}: HTTP {status}: {body.decode(errors='replace')}"
+            )
         return name
 
     def list_buckets(self) -> list[str]:
+        """The names of all buckets, by a signed ListBuckets."""
         status, body = self._request("GET", "/")
         if status != 200:
             raise RuntimeError(f"ListBuckets: HTTP {status}: {body.decode(errors='replace')}")
-        import xml.etree.ElementTree as ET
-
         ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
         return [e.text or "" for e in ET.fromstring(body).iter(f"{ns}Name")]
 
-    def _request(self, method: str, path: str) -> tuple[int, bytes]:
+    def _request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         return signed_request(
             method,
             self.endpoint,
@@ -298,6 +321,7 @@ class Seaweed:
             access_key=self.access_key,
             secret_key=self.secret_key,
             region=self.region,
+            timeout=timeout,
         )
 
     # -- life cycle --------------------------------------------------------------
@@ -312,14 +336,25 @@ class Seaweed:
                     self._wait(self._master_leads, deadline, "the master to lead")
         self.wait_ready(deadline)
 
-    def stop(self) -> None:
-        """Stop every process (S3 first, master last); safe to call again."""
-        for process in reversed(self.processes):
-            process.stop()
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM every process, give them ``grace`` s together, SIGKILL the rest.
 
-    def restart(self, timeout: float = START_TIMEOUT) -> None:
-        """Stop and start again on the same ports and data directory."""
-        self.stop()
+        Safe to call twice. weed's filer waits 15 s for its streams on SIGTERM,
+        so in practice the SIGKILL ends it; data already acknowledged persists.
+        """
+        for process in self.processes:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in self.processes:
+            process.finish(deadline)
+
+    def kill(self) -> None:
+        """SIGKILL every process at once, as a crash would (``start`` brings them back)."""
+        self.stop(grace=0)
+
+    def restart(self, timeout: float = START_TIMEOUT, grace: float = STOP_GRACE) -> None:
+        """Stop and start again on the same ports and data directory (the data persists)."""
+        self.stop(grace)
         self.start(timeout)
 
     def kill_volume(self, index: int) -> None:
@@ -334,6 +369,7 @@ class Seaweed:
         )
 
     def wait_ready(self, deadline: float) -> None:
+        """Until every running volume server has joined and S3 answers a signed ListBuckets."""
         expected = sum(p.running() for p in self._volumes())
         self._wait(
             lambda: self._data_nodes() >= expected,
@@ -343,9 +379,8 @@ class Seaweed:
         self._wait(self._s3_answers, deadline, "the S3 gateway to answer a signed request")
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(
-            f"--- {p.name} ({p.log}):\n{p.log_tail(lines)}" for p in self.processes
-        )
+        """The last ``lines`` of every process's log."""
+        return "\n".join(f"--- {p.name} ({p.log}):\n{p.log_tail(lines)}" for p in self.processes)
 
     def _volumes(self) -> list[WeedProcess]:
         return [p for p in self.processes if p.name.startswith("volume")] or [
@@ -382,7 +417,7 @@ class Seaweed:
         )
 
     def _s3_answers(self) -> bool:
-        return self._request("GET", "/")[0] == 200
+        return self._request("GET", "/", timeout=2.0)[0] == 200
 
 
 def _write_identities(path: Path, access_key: str, secret_key: str) -> Path:
@@ -455,9 +490,7 @@ def start_seaweed(tmpdir: Path, timeout: float = START_TIMEOUT) -> Seaweed:
     return _launch(seaweed, timeout)
 
 
-def start_cluster(
-    tmpdir: Path, volume_servers: int = 2, timeout: float = START_TIMEOUT
-) -> Seaweed:
+def start_cluster(tmpdir: Path, volume_servers: int = 2, timeout: float = START_TIMEOUT) -> Seaweed:
     """A master, ``volume_servers`` volume servers (one rack) and a filer with S3.
 
     Replication ``001``: every volume has a copy on a second server of the same
@@ -467,7 +500,9 @@ def start_cluster(
     tmpdir = Path(tmpdir)
     tmpdir.mkdir(parents=True, exist_ok=True)
     identities = _write_identities(tmpdir / "s3.json", ACCESS_KEY, SECRET_KEY)
-    master, master_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(6)
+    master, master_grpc, s3, s3_grpc = free_ports(4)
+    # ``weed filer -s3`` dials its own filer at port + 10000, whatever -port.grpc says.
+    filer, filer_grpc = free_port_pair(10000)
     master_address = _grpc_address(master, master_grpc)
     common = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
     placement = ["-dataCenter=dc1", "-rack=rack1"]
@@ -548,4 +583,3 @@ def start_cluster(
         processes=processes,
     )
     return _launch(seaweed, timeout)
-
