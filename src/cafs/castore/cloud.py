@@ -57,6 +57,8 @@ CLIENT_OPTIONS = frozenset(
     }
 )
 _TRUE = {"1", "true", "yes", "on"}
+# A missing object: obstore raises the built-in FileNotFoundError (older releases its own).
+MISSING = (FileNotFoundError, NotFoundError)
 
 
 class CloudObjectStorage(ObjectStorage):
@@ -99,6 +101,11 @@ class CloudObjectStorage(ObjectStorage):
             ) from None
         except (BaseError, ValueError, TypeError) as exc:
             raise InvalidAddressError(url, _first_line(exc)) from None
+        except BaseException as exc:
+            # A configuration the Rust side cannot take panics (a BaseException).
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise InvalidAddressError(url, f"object store refused its options: {exc}") from None
 
     def describe(self) -> str:
         return self._where
@@ -109,7 +116,7 @@ class CloudObjectStorage(ObjectStorage):
     def get_sync(self, key: str) -> bytes | None:
         try:
             return obstore.get(self._store, key).bytes().to_bytes()
-        except NotFoundError:
+        except MISSING:
             return None
         except (BaseError, OSError) as exc:
             raise self._error("read", key, exc) from exc
@@ -118,7 +125,7 @@ class CloudObjectStorage(ObjectStorage):
         try:
             result = await obstore.get_async(self._store, key)
             return (await result.bytes_async()).to_bytes()
-        except NotFoundError:
+        except MISSING:
             return None
         except (BaseError, OSError) as exc:
             raise self._error("read", key, exc) from exc
@@ -126,7 +133,7 @@ class CloudObjectStorage(ObjectStorage):
     def exists_sync(self, key: str) -> bool:
         try:
             obstore.head(self._store, key)
-        except NotFoundError:
+        except MISSING:
             return False
         except (BaseError, OSError) as exc:
             raise self._error("look up", key, exc) from exc
@@ -135,7 +142,7 @@ class CloudObjectStorage(ObjectStorage):
     async def exists(self, key: str) -> bool:
         try:
             await obstore.head_async(self._store, key)
-        except NotFoundError:
+        except MISSING:
             return False
         except (BaseError, OSError) as exc:
             raise self._error("look up", key, exc) from exc
@@ -146,7 +153,7 @@ class CloudObjectStorage(ObjectStorage):
         # fresh, an older one is written again.
         try:
             meta = obstore.head(self._store, key)
-        except NotFoundError:
+        except MISSING:
             return False
         except (BaseError, OSError) as exc:
             raise self._error("look up", key, exc) from exc
@@ -194,7 +201,7 @@ class CloudObjectStorage(ObjectStorage):
             batch = list(keys[start : start + 1000])
             try:
                 await obstore.delete_async(self._store, batch)
-            except NotFoundError:
+            except MISSING:
                 pass
             except (BaseError, OSError) as exc:
                 raise self._error("delete", batch[0], exc) from exc
@@ -211,7 +218,7 @@ class CloudObjectStorage(ObjectStorage):
                     if meta["last_modified"].timestamp() > cutoff:
                         return
                     await obstore.delete_async(self._store, info.key)
-                except NotFoundError:
+                except MISSING:
                     return
                 except (BaseError, OSError) as exc:
                     raise self._error("delete", info.key, exc) from exc
