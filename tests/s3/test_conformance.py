@@ -26,8 +26,8 @@ def suite(module: ModuleType, fixture: str, prefix: str) -> dict[str, object]:
     """The tests of ``module`` that take ``fixture``, renamed so suites do not collide."""
     found = {}
     for name, test in vars(module).items():
-        takes_fixture = callable(test) and fixture in inspect.signature(test).parameters
-        if name.startswith("test_") and takes_fixture:
+        is_test = name.startswith("test_") and inspect.isfunction(test)
+        if is_test and fixture in inspect.signature(test).parameters:
             found[f"test_{prefix}_{name.removeprefix('test_')}"] = test
     return found
 
