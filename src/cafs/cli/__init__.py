@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cafs import __version__
+from cafs import __version__, tracing
 from cafs.cli.castore import castore
 from cafs.cli.daemon import daemon
 from cafs.cli.maintenance import MAINTENANCE_COMMANDS
@@ -26,10 +26,19 @@ LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"]
     show_default=True,
     help="Log messages at this level and above (to stderr).",
 )
+@click.option(
+    "--otlp/--no-otlp",
+    default=False,
+    envvar="CAFS_OTLP",
+    help="Export OpenTelemetry traces over OTLP (to OTEL_EXPORTER_OTLP_ENDPOINT, "
+    "default http://localhost:4317).",
+)
 @click.version_option(__version__, prog_name="cafs")
-def main(log_level: str) -> None:
+def main(log_level: str, otlp: bool) -> None:
     """cafs: a content-addressed store with a lazy, read-only FUSE filesystem."""
     tune_malloc()
+    if otlp:
+        tracing.enable("cafs")
     level = log_level.upper()
     level = {"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level)
     logging.basicConfig(

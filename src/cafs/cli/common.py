@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
+from cafs import tracing
 from cafs.castore.services import CastoreServices
 from cafs.errors import (
     CafsError,
@@ -79,13 +80,20 @@ def exit_code(exc: CafsError) -> ExitCode:
     return ExitCode.ERROR
 
 
+def command_name(context: click.Context) -> str:
+    """``cafs castore ingest``, however the program was started (``python -m cafs.cli``…)."""
+    root = context.find_root().info_name or ""
+    return "cafs " + context.command_path.removeprefix(root).strip()
+
+
 def run_async(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     """Run an async command; cafs errors become one line on stderr and their exit code."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return asyncio.run(func(*args, **kwargs))
+            with tracing.span(command_name(click.get_current_context())):
+                return asyncio.run(func(*args, **kwargs))
         except CafsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exit_code(exc))

@@ -23,6 +23,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cafs import tracing
 from cafs.gen.tvix.castore.v1 import rpc_blobstore_pb2, rpc_directory_pb2
 from cafs.gen.tvix.store.v1 import rpc_pathinfo_pb2
 from cafs.grpc.castore import BlobServer, DirectoryServer
@@ -152,11 +153,12 @@ class Daemon:
         self.services = services
         self.address = address
         self.server = grpc.aio.server(
+            interceptors=tracing.server_interceptors() or None,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         servicers: Iterable[tuple[ServiceDescriptor, object]] = zip(
             SERVICES,

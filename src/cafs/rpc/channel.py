@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import grpc
 import grpc.aio
 
+from cafs import tracing
 from cafs.errors import InvalidAddressError, RemoteError
 from cafs.urls import deadline_option
 
@@ -132,11 +133,21 @@ def deadline_exceeded(seconds: float) -> grpc.aio.AioRpcError:
 
 def open_channel(address: ChannelAddress) -> grpc.aio.Channel:
     """A channel to ``address`` (needs a running event loop; connects lazily)."""
+    interceptors = None
+    if tracing.enabled():
+        from cafs.rpc.tracing import stream_interceptors
+
+        interceptors = [*tracing.client_interceptors(), *stream_interceptors()]
     if address.secure:
         return grpc.aio.secure_channel(
-            address.target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
+            address.target,
+            grpc.ssl_channel_credentials(),
+            options=CHANNEL_OPTIONS,
+            interceptors=interceptors,
         )
-    return grpc.aio.insecure_channel(address.target, options=CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(
+        address.target, options=CHANNEL_OPTIONS, interceptors=interceptors
+    )
 
 
 async def wait_connected(channel: grpc.aio.Channel, address: ChannelAddress) -> None:
