@@ -14,7 +14,7 @@ VM_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static gcc libc6-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc bench-virtiofs clean system-vm fuzz
+.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc bench-virtiofs bench-s3 clean system-vm fuzz
 
 all: test
 
@@ -80,6 +80,9 @@ bench-grpc: venv
 
 bench-virtiofs: venv system-vm
 	$(BIN)/python bench/virtiofs.py
+
+bench-s3: venv
+	$(BIN)/python bench/s3.py
 
 # Every fuzz target with many more examples than make test runs (minutes, not seconds).
 fuzz: venv
