@@ -4,16 +4,22 @@ What a mount or a virtiofs daemon answers: FUSE requests by opcode, how long
 each took (from the request read to its reply), and the errors returned by
 errno; what a gRPC daemon answers: calls by method and status code, and how
 long they took; plus the process's own figures (CPU, memory, open fds) that
-the client library exports. The endpoint is a small HTTP server on a thread of its own,
-so a scrape never waits on the event loop.
+the client library exports; and the data path's counts (``cafs.counters``):
+objects and bytes fetched per backend, cache hits and misses. The endpoint is
+a small HTTP server on a thread of its own, so a scrape never waits on the
+event loop.
 """
 
 from __future__ import annotations
 
 import errno as errnos
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
+from cafs import counters
 from cafs.fuse.abi import Opcode
 from cafs.sockets import ListenError, parse_listen_address
 
@@ -64,6 +70,22 @@ def observe_fuse(opcode: int, seconds: float, error: int) -> None:
     FUSE_SECONDS.labels(name).observe(seconds)
     if error:
         FUSE_ERRORS.labels(name, errnos.errorcode.get(error, str(error))).inc()
+
+
+class DataPathCounters(Collector):
+    """The data path's in-process counts (``cafs.counters``), read at each scrape."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, values in sorted(counters.snapshot().items()):
+            label_names = sorted({key for labels in values for key, _ in labels})
+            family = CounterMetricFamily(name, counters.HELP.get(name, name), labels=label_names)
+            for labels, value in sorted(values.items()):
+                by_name = dict(labels)
+                family.add_metric([by_name.get(key, "") for key in label_names], value)
+            yield family
+
+
+REGISTRY.register(DataPathCounters())
 
 
 def serve_metrics(text: str) -> str:

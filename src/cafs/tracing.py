@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
 _provider: Any = None
+DEFAULT_EXPORT_TIMEOUT = 3.0
 
 
 def enable(service_name: str) -> None:
@@ -34,8 +36,10 @@ def enable(service_name: str) -> None:
     import cafs
 
     resource = Resource.create({"service.name": service_name, "service.version": cafs.__version__})
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    # An unreachable collector costs a command at most this long at exit.
+    timeout = float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_EXPORT_TIMEOUT))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=timeout)))
     trace.set_tracer_provider(provider)
     _provider = provider
     atexit.register(flush)
@@ -48,7 +52,7 @@ def enabled() -> bool:
 def flush() -> None:
     """Send the spans still queued (at exit, or before a daemon stops)."""
     if _provider is not None:
-        _provider.force_flush()
+        _provider.force_flush(timeout_millis=int(DEFAULT_EXPORT_TIMEOUT * 1000))
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -40,7 +41,7 @@ def test_a_full_disk_is_a_clear_error_and_stores_nothing_half(tmp_path: Path) ->
             assert len(message) == 1 and "No space left on device" in message[0]
             assert run(["verify"], home, check=False).returncode == 0
         # Neither import left a PathInfo behind.
-        with sqlite3.connect(home / "pathinfo.sqlite") as db:
+        with contextlib.closing(sqlite3.connect(home / "pathinfo.sqlite")) as db:
             assert db.execute("SELECT count(*) FROM pathinfos").fetchone()[0] == 0
     finally:
         if subprocess.run(["umount", str(home)], check=False).returncode != 0:

@@ -51,3 +51,25 @@ def test_a_bad_metrics_address_is_a_one_line_error(corpus: Corpus, tmp_path: Pat
     )
     assert result.returncode == 1
     assert result.stderr == "error: cannot serve metrics on /a/socket: give host:port\n"
+
+
+def test_a_mount_counts_fetches_and_cache_lookups(corpus: Corpus, tmp_path: Path) -> None:
+    """Through a cache: the first read of a file misses near and fetches far, a read of the
+    same bytes by a second mount on the same near cache hits."""
+    near = tmp_path / "near"
+    far = f"objectstore+file://{corpus.home}/objects"
+    env = {"BLOB_SERVICE_ADDR": f"cache://?near=objectstore+file://{near}&far={far}"}
+    first: dict[str, float] = {}
+    for round_ in range(2):
+        port = free_port()
+        flags = ("--metrics-listen-address", f"127.0.0.1:{port}")
+        with mounted(corpus.digest, tmp_path / f"m{round_}", corpus.home, *flags, env=env) as m:
+            assert (m.path / "hello.txt").read_bytes() == b"Hello World!"
+            samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        if round_ == 0:
+            first = samples
+    miss = 'cafs_cache_lookups_total{result="miss",service="blob"}'
+    hit = 'cafs_cache_lookups_total{result="hit",service="blob"}'
+    assert first[miss] >= 1 and first.get(hit, 0) == 0
+    assert first['cafs_fetched_bytes_total{backend="file"}'] > 0
+    assert samples[hit] >= 1 and samples.get(miss, 0) == 0

@@ -66,6 +66,7 @@ class CloudObjectStorage(ObjectStorage):
 
     def __init__(self, url: str, parts: SplitResult) -> None:
         self.url = url
+        self.kind = parts.scheme.removeprefix("objectstore+")
         inner = parts._replace(scheme=parts.scheme.removeprefix("objectstore+"), query="")
         self._where = urlunsplit(inner)
         options = query_options(url, parts)

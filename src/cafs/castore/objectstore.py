@@ -59,6 +59,9 @@ class Staged:
 class ObjectStorage(ABC):
     """A flat key → bytes store. Keys are ``/``-separated relative paths."""
 
+    kind = "objectstore"
+    """What the metrics call this backend: ``file``, ``memory``, ``s3``…"""
+
     @abstractmethod
     async def get(self, key: str) -> bytes | None: ...
 
@@ -127,6 +130,8 @@ class ObjectStorage(ABC):
 
 class MemoryObjectStorage(ObjectStorage):
     """``objectstore+memory:///``: objects in a dict."""
+
+    kind = "memory"
 
     def __init__(self) -> None:
         self._objects: dict[str, bytes] = {}
@@ -212,6 +217,8 @@ class FileObjectStorage(ObjectStorage):
     Temporary files live in ``dir/tmp`` named after the writing process, so
     leftovers of a killed process are recognised and removed at the next open.
     """
+
+    kind = "file"
 
     def __init__(self, root: Path) -> None:
         self.root = root

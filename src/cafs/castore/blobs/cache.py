@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from urllib.parse import SplitResult
 
+from cafs import counters
 from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, ChunkMeta
 from cafs.castore.blobs.bounded import SizeBound
 from cafs.castore.blobs.chunked import ChunkedBlobReader
@@ -90,6 +91,7 @@ class CachedBlobService(NearFar[BlobService], BlobService):
         chunks = self._chunk_lists.get(digest)
         if chunks is None:
             reader = await self.near.open_read(digest)
+            counters.cache_lookup("blob", reader is not None)
             if reader is not None:
                 await self._used([digest])
                 return reader
@@ -127,6 +129,7 @@ class CachedBlobService(NearFar[BlobService], BlobService):
 
     async def _fetch_chunk(self, chunk: ChunkMeta) -> bytes:
         data = await self.near.read_all(chunk.digest)
+        counters.cache_lookup("blob", data is not None)
         if data is not None:
             await self._used([chunk.digest])
             return data
@@ -141,6 +144,8 @@ class CachedBlobService(NearFar[BlobService], BlobService):
         found = await self.near.read_many(digests)
         await self._used(list(found))
         missing = [d for d in digests if d not in found]
+        counters.add("cafs_cache_lookups", len(found), service="blob", result="hit")
+        counters.add("cafs_cache_lookups", len(missing), service="blob", result="miss")
         if missing:
             fetched = await self.far.read_many(missing)
             if fetched:

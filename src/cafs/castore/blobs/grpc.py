@@ -24,6 +24,7 @@ import blake3
 import grpc
 import grpc.aio
 
+from cafs import counters
 from cafs.castore.blobs.base import (
     BlobReader,
     BlobService,
@@ -111,6 +112,7 @@ class GrpcBlobService(Remote["BlobServiceAsyncStub"], BlobService):
                 return None
             raise error_from(exc, f"read of blob {digest} from {self.url}") from None
         data = parts[0] if len(parts) == 1 else b"".join(parts)
+        counters.fetched("grpc", len(data))
         actual = await _digest_of(data)
         if actual != digest:
             raise IntegrityError(
@@ -245,6 +247,7 @@ class _BlobStream:
             if message is None:
                 raise _StreamEnded("the stream ended early")
             data = message.data  # each access of the field makes a new copy
+            counters.fetched("grpc", len(data))
             if data:
                 self._pieces.append(data)
                 self._buffered += len(data)

@@ -25,6 +25,7 @@ import blake3
 import zstandard
 from pyfastcdc import FastCDC
 
+from cafs import counters
 from cafs.castore.blobs.base import (
     BlobReader,
     BlobService,
@@ -110,6 +111,7 @@ def load_verified_chunk(storage: ObjectStorage, digest: Digest) -> bytes | None:
     raw = storage.get_sync(key)
     if raw is None:
         return None
+    counters.fetched(storage.kind, len(raw))
     data = decompress_chunk(key, raw)
     actual = blake3.blake3(data).digest()
     if actual != digest:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import SplitResult
 
+from cafs import counters
 from cafs.castore.closure import RootToLeavesValidator, leaves_first
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import DirectoryPutter, DirectoryService
@@ -47,6 +48,7 @@ class CachedDirectoryService(NearFar[DirectoryService], DirectoryService):
 
     async def get(self, digest: Digest) -> Directory | None:
         found = await self.near.get(digest)
+        counters.cache_lookup("directory", found is not None)
         if found is not None:
             return found
         closure = await self._fetch_closure(digest)

@@ -24,6 +24,7 @@ from urllib.parse import SplitResult
 import blake3
 import zstandard
 
+from cafs import counters
 from cafs.castore.closure import RootToLeavesValidator
 from cafs.castore.digest import Digest
 from cafs.castore.directories.base import (
@@ -144,6 +145,7 @@ class ObjectStoreDirectoryService(DirectoryService):
         key = directory_key(digest)
         data = self.storage.get_sync(key)
         if data is not None:
+            counters.fetched(self.storage.kind, len(data))
             return checked_directory(digest, key, data)
         # Written by tvix: only the root of a closure object can be found.
         raw = self.storage.get_sync(closure_key(digest))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import SplitResult
 
+from cafs import counters
 from cafs.castore.near_far import NearFar
 from cafs.castore.nodes import Node
 from cafs.castore.services import CastoreServices
@@ -35,6 +36,7 @@ class CachePathInfoService(NearFar[PathInfoService], PathInfoService):
     async def get(self, digest: bytes) -> PathInfo | None:
         digest = check_store_path_digest(digest)
         info = await self.near.get(digest)
+        counters.cache_lookup("pathinfo", info is not None)
         if info is not None:
             return info
         info = await self.far.get(digest)
