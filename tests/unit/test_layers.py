@@ -11,7 +11,18 @@ SOURCE = Path(cafs.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "urls", "sockets", "tuning", "progress", "sqlite", "gen", "tracing", "counters"},
+    {
+        "errors",
+        "config",
+        "urls",
+        "sockets",
+        "tuning",
+        "progress",
+        "sqlite",
+        "gen",
+        "tracing",
+        "counters",
+    },
     {"rpc"},
     {"castore"},
     {"store"},
