@@ -143,6 +143,8 @@ async def castore_mount(
     show_xattr: bool,
     metrics_listen_address: str | None,
     allow_other: bool,
+    handover_dir: str | None,
+    takeover: bool,
     threads: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
@@ -152,7 +154,15 @@ async def castore_mount(
 
     async def body(services: CastoreServices) -> None:
         root = await required_directory(services, wanted)
-        flags = MountFlags(list_root, show_xattr, allow_other, threads, metrics_listen_address)
+        flags = MountFlags(
+            list_root,
+            show_xattr,
+            allow_other,
+            threads,
+            metrics_listen_address,
+            handover_dir,
+            takeover,
+        )
         await serve_mount(
             services, DirectoryRootNodes(root), mountpoint, flags, f"directory {wanted}"
         )

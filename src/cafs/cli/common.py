@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
@@ -160,6 +161,20 @@ def filesystem_options(
         )(func)
         if allow_other:
             func = click.option(
+                "--takeover",
+                is_flag=True,
+                help="Take over the live mount at MOUNTPOINT kept in --handover-dir, "
+                "from a running or crashed cafs, instead of mounting anew.",
+            )(func)
+            func = click.option(
+                "--handover-dir",
+                envvar="CAFS_HANDOVER_DIR",
+                metavar="DIR",
+                type=click.Path(file_okay=False, resolve_path=True, path_type=str),
+                help="Keep here what a successor needs to take the mount over without "
+                "unmounting (an upgrade, a restart after a crash).",
+            )(func)
+            func = click.option(
                 "--allow-other",
                 envvar="ALLOW_OTHER",
                 is_flag=True,
@@ -198,6 +213,8 @@ class MountFlags:
     allow_other: bool
     threads: int
     metrics_listen_address: str | None = None
+    handover_dir: str | None = None
+    takeover: bool = False
 
 
 def metrics_observer(flags: MountFlags) -> Callable[[int, float, int], None] | None:
@@ -232,6 +249,12 @@ async def serve_mount(
     from cafs.fuse.devfuse import serve
     from cafs.fuse.mount import MountOptions
 
+    handover_dir = None
+    if flags.handover_dir is not None:
+        handover_dir = Path(flags.handover_dir)
+        await asyncio.to_thread(handover_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+    elif flags.takeover:
+        raise click.UsageError("--takeover needs --handover-dir, where the live mount is kept")
     fs = new_filesystem(services, roots, flags)
     options = MountOptions(allow_other=flags.allow_other, threads=flags.threads)
     await serve(
@@ -240,6 +263,8 @@ async def serve_mount(
         options,
         on_ready=lambda: log.info("serving %s at %s", what, mountpoint),
         observer=metrics_observer(flags),
+        handover_dir=handover_dir,
+        takeover=flags.takeover,
     )
 
 

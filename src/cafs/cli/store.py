@@ -246,6 +246,8 @@ async def mount_command(
     show_xattr: bool,
     metrics_listen_address: str | None,
     allow_other: bool,
+    handover_dir: str | None,
+    takeover: bool,
     threads: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
@@ -254,7 +256,15 @@ async def mount_command(
     """Mount the store read-only at MOUNTPOINT: one entry per store path basename."""
 
     async def body(services: StoreServices) -> None:
-        flags = MountFlags(list_root, show_xattr, allow_other, threads, metrics_listen_address)
+        flags = MountFlags(
+            list_root,
+            show_xattr,
+            allow_other,
+            threads,
+            metrics_listen_address,
+            handover_dir,
+            takeover,
+        )
         await serve_mount(
             services, PathInfoRootNodes(services.path_infos), mountpoint, flags, "the store"
         )

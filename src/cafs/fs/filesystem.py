@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -50,6 +51,10 @@ XATTR_BLOB_DIGEST = b"user.tvix.castore.blob.digest"
 NAME_MAX = 255
 
 PRELOAD_BATCH = 64
+
+HANDLE_INO_SHIFT = 24
+HANDLE_LOW_MASK = (1 << HANDLE_INO_SHIFT) - 1
+"""Handle numbers: the inode above bit 24, a counter below (see ``_new_handle``)."""
 """Subdirectories loaded at once when a listing needs their attributes."""
 
 ROOT_NAMES_MAX = 65536
@@ -151,8 +156,10 @@ class Filesystem:
         self._parent_hint: dict[int, int] = {}
         self._dir_handles: dict[int, _DirHandle] = {}
         self._file_handles: dict[int, _FileHandle] = {}
-        self._next_dir_handle = 1
-        self._next_file_handle = 1
+        self._handle_counter = itertools.count(1)
+        self.resumed = False
+        """Set when serving a connection taken over: unknown handles are rebuilt from their
+        inode, and releasing one is no surprise."""
 
     @property
     def root_listing_grows(self) -> bool:
@@ -324,11 +331,44 @@ class Filesystem:
             await self._populated(ino)
             listing = None
             self.inodes.opened(ino)
-        fh = self._next_dir_handle
-        self._next_dir_handle += 1
+        fh = self._new_handle(ino)
         self._dir_handles[fh] = _DirHandle(ino, listing)
         log.debug("opendir ino=%d fh=%d", ino, fh)
         return fh
+
+    def _new_handle(self, ino: int) -> int:
+        """A handle number that carries its inode in the high bits.
+
+        A process taking the connection over can then rebuild a handle the
+        kernel still uses from the number alone.
+        """
+        return (ino << HANDLE_INO_SHIFT) | (next(self._handle_counter) & HANDLE_LOW_MASK)
+
+    def _taken_over_file(self, fh: int) -> _FileHandle | None:
+        """A file handle opened before a takeover, rebuilt from its number."""
+        ino = fh >> HANDLE_INO_SHIFT
+        data = self.inodes.get(ino)
+        if not self.resumed or not isinstance(data, RegularInode):
+            return None
+        handle = _FileHandle(ino, data)
+        self._file_handles[fh] = handle
+        self.inodes.opened(ino)
+        return handle
+
+    def _taken_over_dir(self, fh: int) -> _DirHandle | None:
+        """A directory handle opened before a takeover, rebuilt from its number."""
+        ino = fh >> HANDLE_INO_SHIFT
+        if not self.resumed:
+            return None
+        if ino == ROOT_INO:
+            handle = _DirHandle(ino, _RootListing(self._root_stream()))
+        elif isinstance(self.inodes.get(ino), DirectoryInode):
+            handle = _DirHandle(ino, None)
+            self.inodes.opened(ino)
+        else:
+            return None
+        self._dir_handles[fh] = handle
+        return handle
 
     def _check_root_listing(self) -> None:
         if not self.list_root:
@@ -356,7 +396,7 @@ class Filesystem:
         each entry it passes on. Without, only names, inode numbers and kinds.
         """
         if fh is not None:
-            handle = self._dir_handles.get(fh)
+            handle = self._dir_handles.get(fh) or self._taken_over_dir(fh)
             if handle is None:
                 log.warning("readdir fh=%d: unknown directory handle", fh)
                 raise FsError(errno.EIO)
@@ -432,7 +472,8 @@ class Filesystem:
     async def releasedir(self, fh: int) -> None:
         handle = self._dir_handles.pop(fh, None)
         if handle is None:
-            log.warning("releasedir fh=%d: unknown directory handle", fh)
+            if not self.resumed:
+                log.warning("releasedir fh=%d: unknown directory handle", fh)
         elif handle.root_listing is not None:
             await handle.root_listing.stream.aclose()
         elif self.inodes.closed(handle.ino):
@@ -454,8 +495,7 @@ class Filesystem:
             # both "is it there" and the read that usually follows).
             reader = await self._first_reader(ino, data)
             self.prefetch.present.add(data.digest)
-        fh = self._next_file_handle
-        self._next_file_handle += 1
+        fh = self._new_handle(ino)
         self._file_handles[fh] = _FileHandle(ino, data, reader)
         self.inodes.opened(ino)
         log.debug("open ino=%d fh=%d blob=%s", ino, fh, data.digest)
@@ -504,7 +544,7 @@ class Filesystem:
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes from ``offset``, fewer only at the end of the file."""
-        handle = self._file_handles.get(fh)
+        handle = self._file_handles.get(fh) or self._taken_over_file(fh)
         if handle is None:
             log.warning("read fh=%d: unknown file handle", fh)
             raise FsError(errno.EIO)
@@ -536,7 +576,8 @@ class Filesystem:
     async def release(self, fh: int) -> None:
         handle = self._file_handles.pop(fh, None)
         if handle is None:
-            log.warning("release fh=%d: unknown file handle", fh)
+            if not self.resumed:
+                log.warning("release fh=%d: unknown file handle", fh)
             return
         if self.inodes.closed(handle.ino):
             self._freed(handle.ino)

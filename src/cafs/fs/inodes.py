@@ -18,7 +18,7 @@ not grow the table either.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -28,6 +28,9 @@ from cafs.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 
 ROOT_INO = 1
 """The mount root (FUSE's fixed root id); never stored in the tracker."""
+
+PINNED = 1 << 62
+"""A lookup count no FORGET brings to zero (inodes taken over from a predecessor)."""
 
 UNCOUNTED_MAX = 65536
 """Inodes kept that the kernel holds no count on (see the module's docstring)."""
@@ -154,6 +157,8 @@ class InodeTracker:
         self._opens: dict[int, int] = {}
         self._uncounted: OrderedDict[int, None] = OrderedDict()
         self._uncounted_max = uncounted_max
+        self.on_allocate: Callable[[int, Node], None] | None = None
+        """Told of each new inode number before it can reach the kernel (a handover journal)."""
 
     def __len__(self) -> int:
         return len(self._data)
@@ -175,11 +180,24 @@ class InodeTracker:
             self._next += 1
             self._by_key[key] = ino
             self._data[ino] = inode_data_for(node)
+            if self.on_allocate is not None:
+                self.on_allocate(ino, node)
             self._uncounted[ino] = None
             if len(self._uncounted) > self._uncounted_max:
                 oldest, _ = self._uncounted.popitem(last=False)
                 self._free(oldest)
         return ino
+
+    def restore(self, ino: int, node: Node) -> None:
+        """Take over ``ino`` from a predecessor that handed it to the kernel.
+
+        How many references the kernel holds is not known, so the inode is
+        kept for the life of this process: it is never freed.
+        """
+        self._data[ino] = inode_data_for(node)
+        self._by_key.setdefault(_content_key(node), ino)
+        self._lookups[ino] = PINNED
+        self._next = max(self._next, ino + 1)
 
     def lookup_count(self, ino: int) -> int:
         return self._lookups.get(ino, 0)

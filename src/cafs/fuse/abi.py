@@ -84,6 +84,8 @@ class NotifyCode(IntEnum):
     STORE = 4
     RETRIEVE = 5
     DELETE = 6
+    RESEND = 7
+    """Send again every request read but not answered (Linux 6.9+; no payload)."""
 
 
 class InitFlag(IntFlag):

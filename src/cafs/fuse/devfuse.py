@@ -19,12 +19,22 @@ import errno
 import logging
 import os
 import signal
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from cafs.fs.filesystem import Filesystem
-from cafs.fuse import abi
-from cafs.fuse.mount import MountOptions, mount, raise_readahead, unmount
-from cafs.fuse.server import Observer, Reply, Session, SessionOptions, describe_counts
+from cafs.fuse import abi, handover
+from cafs.fuse.abi import InitFlag
+from cafs.fuse.mount import Mounted, MountOptions, mount, raise_readahead, unmount
+from cafs.fuse.server import (
+    Observer,
+    Reply,
+    Session,
+    SessionOptions,
+    describe_counts,
+    notify_resend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,7 @@ class DevFuseChannel:
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[Reply | None]] = set()
         self._reading = False
+        self._draining = False
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self.initialized: asyncio.Future[None] = self._loop.create_future()
 
@@ -67,8 +78,15 @@ class DevFuseChannel:
 
     # -- reading -------------------------------------------------------------------
 
+    async def drain(self) -> None:
+        """Read no more requests; return once every request read so far is answered."""
+        self._draining = True
+        self._pause()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def _resume(self) -> None:
-        if not self._reading and not self._closed.done():
+        if not self._reading and not self._draining and not self._closed.done():
             self._loop.add_reader(self.fd, self._readable)
             self._reading = True
 
@@ -144,13 +162,57 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
     session_options: SessionOptions | None = None,
     observer: Observer | None = None,
+    handover_dir: Path | None = None,
+    takeover: bool = False,
 ) -> None:
-    """Mount ``fs`` at ``mountpoint`` and serve it until stopped or unmounted."""
-    mounted = mount(mountpoint, options)
+    """Mount ``fs`` at ``mountpoint`` and serve it until stopped or unmounted.
+
+    With ``handover_dir`` the mount can be taken over by a successor (see
+    ``cafs.fuse.handover``); with ``takeover`` this process is that successor:
+    it serves the live mount there instead of mounting anew.
+    """
+    restored: handover.Restored | None = None
+    keeper: subprocess.Popen[bytes] | None = None
+    if takeover:
+        assert handover_dir is not None
+        answered = await handover.request_handover(handover_dir)
+        fd = await asyncio.to_thread(handover.receive_fd, handover_dir)
+        log.info(
+            "taking over %s from %s",
+            mountpoint,
+            "its predecessor, which handed over" if answered else "a predecessor that is gone",
+        )
+        restored = await asyncio.to_thread(handover.read_journal, handover_dir / handover.JOURNAL)
+        where = os.path.abspath(mountpoint)  # noqa: ASYNC240 - a string operation, no disk
+        mounted = Mounted(fd, where, privileged=os.geteuid() == 0)
+        os.set_blocking(fd, False)
+        for ino, node in restored.inodes.items():
+            fs.inodes.restore(ino, node)
+        fs.resumed = True
+    else:
+        mounted = mount(mountpoint, options)
+        if handover_dir is not None:
+            keeper = await asyncio.to_thread(handover.spawn_keeper, handover_dir, mounted.fd)
+    journal: handover.Journal | None = None
+    if handover_dir is not None:
+        journal = handover.Journal(handover_dir / handover.JOURNAL, truncate=restored is None)
+        if restored is not None:
+            journal.rewrite(restored)
+        fs.inodes.on_allocate = journal.inode
     loop = asyncio.get_running_loop()
     channel = DevFuseChannel(mounted.fd, options.threads)
     session = Session(fs, session_options, notify=channel.write, observer=observer)
+    if journal is not None:
+        record = journal
+
+        def agreed(minor: int, flags: InitFlag) -> None:
+            record.session(minor, int(flags))
+
+        session.on_init = agreed
+    if restored is not None:
+        session.resume(restored.minor, restored.flags)
     stopping = False
+    handed_over = False
 
     def stop(signum: int) -> None:
         nonlocal stopping
@@ -159,17 +221,33 @@ async def serve(
             log.info("%s: unmounting %s", signal.Signals(signum).name, mountpoint)
             channel.stop()
 
+    async def step_down() -> None:
+        nonlocal handed_over, stopping
+        stopping = handed_over = True
+        await channel.drain()
+
+    def stepped_down(_: object) -> None:
+        if handed_over:
+            channel.stop()
+
+    control: asyncio.AbstractServer | None = None
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signum)
     loop.add_signal_handler(signal.SIGUSR1, log_status, session)
     try:
+        if handover_dir is not None:
+            control = await handover.serve_control(handover_dir, step_down, stepped_down)
         channel.start(session)
+        if restored is not None:
+            channel.write(notify_resend())  # what a predecessor that died had read
+            channel.initialized.set_result(None)
         ready = asyncio.ensure_future(channel.initialized)
         closed = asyncio.ensure_future(channel.wait_closed())
         await asyncio.wait([ready, closed], return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
             ready.result()  # a refused INIT raises here
-            await asyncio.to_thread(raise_readahead, mounted.mountpoint)
+            if restored is None:
+                await asyncio.to_thread(raise_readahead, mounted.mountpoint)
             if on_ready is not None:
                 on_ready()
         else:
@@ -178,11 +256,24 @@ async def serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
+        if control is not None:
+            control.close()
         await channel.close()
         await session.close()
         await fs.close()
-        unmount(mounted)
-        log.info("unmounted %s", mountpoint)
+        if journal is not None:
+            journal.close()
+        if handed_over:
+            os.close(mounted.fd)  # the keeper's copy keeps the connection for the successor
+            log.info("handed %s over to a successor", mountpoint)
+        else:
+            if handover_dir is not None:
+                await asyncio.to_thread(handover.dismiss_keeper, handover_dir)
+                handover.remove_state(handover_dir)
+            unmount(mounted)
+            log.info("unmounted %s", mountpoint)
+        if keeper is not None and keeper.poll() is not None:
+            keeper.wait()
 
 
 def log_status(session: Session) -> None:

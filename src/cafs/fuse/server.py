@@ -197,6 +197,8 @@ class Session:
         """The negotiated minor version, once INIT is answered."""
         self.flags = InitFlag(0)
         """The INIT flags both sides agreed on."""
+        self.on_init: Callable[[int, InitFlag], None] | None = None
+        """Told the agreed minor version and flags once INIT is answered (a handover journal)."""
         self.refused: ProtocolError | None = None
         """Set when INIT was refused: the transport should stop with this error."""
         self.destroyed = False
@@ -208,6 +210,11 @@ class Session:
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    def resume(self, minor: int, flags: int) -> None:
+        """Serve a connection whose INIT a predecessor answered, on the terms it agreed."""
+        self.minor = minor
+        self.flags = InitFlag(flags)
 
     # -- entry points ----------------------------------------------------------
 
@@ -354,6 +361,8 @@ class Session:
             self.minor,
             int(self.flags),
         )
+        if self.on_init is not None:
+            self.on_init(self.minor, self.flags)
         reply = abi.init_out.pack(
             abi.KERNEL_VERSION,
             self.minor,
@@ -563,6 +572,11 @@ def notify_store(nodeid: int, offset: int, data: bytes) -> Reply:
     """NOTIFY_STORE: put ``data`` into the page cache of ``nodeid`` at ``offset``."""
     body = abi.notify_store_out.pack(nodeid, offset, len(data), 0)
     return _notification(abi.NotifyCode.STORE, body, data)
+
+
+def notify_resend() -> Reply:
+    """Ask the kernel to send again the requests a predecessor read but never answered."""
+    return _notification(abi.NotifyCode.RESEND)
 
 
 def notify_inval_inode(nodeid: int, offset: int = 0, length: int = -1) -> Reply:
