@@ -143,3 +143,78 @@ def test_nar_mutations_with_a_fixed_seed() -> None:
             await _ingest(bytes(out))
 
     asyncio.run(run())
+
+
+# -- objects a shared store or a handover folder holds -------------------------------
+
+
+def _closure_object() -> bytes:
+    from tests.fixtures import DIRECTORY_A, DIRECTORY_B, DIRECTORY_D
+    from tests.unit.test_directory_services import tvix_frames
+
+    return tvix_frames([DIRECTORY_D, DIRECTORY_B, DIRECTORY_A])
+
+
+def _decode_closure(raw: bytes) -> None:
+    from cafs.castore.directories.objectstore import decode_closure
+    from tests.fixtures import DIRECTORY_D
+
+    for _ in decode_closure(DIRECTORY_D.digest, raw):
+        pass
+
+
+@FUZZ
+@given(st.data())
+def test_directory_closure_objects(data: st.DataObject) -> None:
+    """tvix's closure objects (zstd frames of length-prefixed Directories), mutated."""
+    refused_or_parsed(_decode_closure, mutations(_closure_object(), data))
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_directory_closure_bytes(data: bytes) -> None:
+    refused_or_parsed(_decode_closure, data)
+
+
+def _journal() -> bytes:
+    from cafs.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+    from cafs.fuse.handover import encode_inode
+    from tests.fixtures import DIRECTORY_A, HELLOWORLD_DIGEST
+
+    return b"".join(
+        [
+            b"S" + (31).to_bytes(4, "little") + (0x1234).to_bytes(8, "little"),
+            encode_inode(2, FileNode(HELLOWORLD_DIGEST, 12, True)),
+            encode_inode(3, DirectoryNode(DIRECTORY_A.digest, 0)),
+            encode_inode(4, SymlinkNode(b"../target")),
+        ]
+    )
+
+
+@FUZZ
+@given(st.data())
+def test_handover_journals(data: st.DataObject) -> None:
+    """An inode journal cut or damaged (a crash mid-write, a stray file)."""
+    import tempfile
+    from pathlib import Path
+
+    from cafs.fuse.handover import read_journal
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "inodes.journal"
+        path.write_bytes(mutations(_journal(), data))
+        refused_or_parsed(read_journal, path)
+
+
+def test_a_journal_cut_inside_its_last_record_keeps_the_rest(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from cafs.fuse.handover import read_journal
+
+    whole = _journal()
+    path = Path(str(tmp_path)) / "inodes.journal"
+    path.write_bytes(whole)
+    assert sorted(read_journal(path).inodes) == [2, 3, 4]
+    path.write_bytes(whole[:-3])
+    restored = read_journal(path)
+    assert sorted(restored.inodes) == [2, 3] and restored.minor == 31
