@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator
 from types import ModuleType
+from typing import TypeVar
 
 import pytest
 
@@ -37,31 +38,31 @@ globals().update(suite(test_directory_services, "directory_service", "directorie
 globals().update(suite(test_pathinfo_services, "service", "pathinfos"))
 
 
-@pytest.fixture
-async def blob_service(bucket: str) -> AsyncIterator[BlobService]:
-    service = blob_service_from_addr(bucket)
+S = TypeVar("S", BlobService, DirectoryService, PathInfoService)
+
+
+async def connected(service: S) -> AsyncIterator[S]:
+    """``service`` connected for one test, closed however it ends."""
     await service.connect()
     try:
         yield service
     finally:
         await service.close()
+
+
+@pytest.fixture
+async def blob_service(bucket: str) -> AsyncIterator[BlobService]:
+    async for service in connected(blob_service_from_addr(bucket)):
+        yield service
 
 
 @pytest.fixture
 async def directory_service(bucket: str) -> AsyncIterator[DirectoryService]:
-    service = directory_service_from_addr(bucket)
-    await service.connect()
-    try:
+    async for service in connected(directory_service_from_addr(bucket)):
         yield service
-    finally:
-        await service.close()
 
 
 @pytest.fixture
 async def service(bucket: str) -> AsyncIterator[PathInfoService]:
-    svc = path_info_service_from_addr(bucket)
-    await svc.connect()
-    try:
+    async for svc in connected(path_info_service_from_addr(bucket)):
         yield svc
-    finally:
-        await svc.close()

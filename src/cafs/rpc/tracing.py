@@ -57,11 +57,15 @@ async def _traced(details: grpc.aio.ClientCallDetails, start: Callable[[Any], An
 
 
 def stream_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    return [StreamRequestTracing(), StreamStreamTracing()]
+    return [RequestStreamTracing()]
 
 
-class StreamRequestTracing(grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(
+class RequestStreamTracing(
+    grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor
+):
+    """Both kinds of call whose requests are a stream: the iterator passes through."""
+
+    async def _intercept(
         self,
         continuation: Callable[..., Any],
         client_call_details: grpc.aio.ClientCallDetails,
@@ -72,15 +76,5 @@ class StreamRequestTracing(grpc.aio.StreamUnaryClientInterceptor):
 
         return await _traced(client_call_details, start)
 
-
-class StreamStreamTracing(grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[..., Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Iterable[Any] | AsyncIterable[Any] | None,
-    ) -> Any:
-        async def start(details: grpc.aio.ClientCallDetails) -> Any:
-            return await continuation(details, request_iterator)
-
-        return await _traced(client_call_details, start)
+    intercept_stream_unary = _intercept
+    intercept_stream_stream = _intercept

@@ -77,27 +77,18 @@ class SqlitePathInfoService(PathInfoService):
         return info
 
     async def list(self) -> AsyncIterator[PathInfo]:
-        # Keyset pagination: no cursor stays open across awaits, and each batch
-        # is one short read on the database thread.
-        after = b""
-        while True:
+        def fail(problem: Problem) -> None:
+            raise IntegrityError(problem.reason)
 
-            def page(conn: sqlite3.Connection, after: bytes = after) -> list[tuple[bytes, bytes]]:
-                rows = conn.execute(
-                    "SELECT digest, data FROM pathinfos WHERE digest > ? ORDER BY digest LIMIT ?",
-                    (after, LIST_BATCH),
-                ).fetchall()
-                return [(bytes(digest), bytes(data)) for digest, data in rows]
-
-            rows = await self._db.run(page)
-            for digest, data in rows:
-                yield _decode(digest, data)
-            if len(rows) < LIST_BATCH:
-                return
-            after = rows[-1][0]
+        async for info in self.verify_each(fail):
+            yield info
 
     async def verify_each(self, report: Report) -> AsyncIterator[PathInfo]:
-        """Every PathInfo that decodes and is filed right; each other one is reported."""
+        """Every PathInfo that decodes and is filed right; each other one is reported.
+
+        Keyset pagination: no cursor stays open across awaits, and each batch
+        is one short read on the database thread.
+        """
         after = b""
         while True:
 
