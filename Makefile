@@ -14,7 +14,7 @@ VM_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static gcc libc6-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc bench-virtiofs bench-s3 clean system-vm fuzz
+.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc bench-virtiofs bench-s3 bench-faults clean system-vm fuzz
 
 all: test
 
@@ -83,6 +83,9 @@ bench-virtiofs: venv system-vm
 
 bench-s3: venv
 	$(BIN)/python bench/s3.py
+
+bench-faults: venv
+	$(BIN)/python bench/faults.py
 
 # Every fuzz target with many more examples than make test runs (minutes, not seconds).
 fuzz: venv
