@@ -7,18 +7,36 @@ exit code 1). "Not found" is not an error: lookups return ``None``.
 
 from __future__ import annotations
 
+import re
+
 
 class CafsError(Exception):
     """Base of every error cafs raises on purpose."""
 
 
 class InvalidAddressError(CafsError):
-    """A service URL that cafs cannot turn into a service."""
+    """A service URL that cafs cannot turn into a service.
+
+    Secrets a URL may carry (an object store's keys, tokens) are not repeated
+    in the message, which ends up in logs.
+    """
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"invalid service address {url!r}: {reason}")
+        super().__init__(f"invalid service address {redact(url)!r}: {reason}")
         self.url = url
         self.reason = reason
+
+
+_SECRET = re.compile(
+    r"((?:aws_)?(?:secret[a-z_]*|session_token|token|password|account_key|sas_key|"
+    r"service_account_key|bearer_token|client_secret)=)[^&]*",
+    re.IGNORECASE,
+)
+
+
+def redact(url: str) -> str:
+    """``url`` with the values of secret query options replaced by ``…``."""
+    return _SECRET.sub(r"\1…", url)
 
 
 class ValidationError(CafsError):
