@@ -18,7 +18,7 @@ not grow the table either.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -127,6 +127,15 @@ def inode_data_for(node: Node) -> InodeData:
     return DirectoryInode(node.digest, node.size)
 
 
+def node_for(data: InodeData) -> Node:
+    """The node an inode's data was made from."""
+    if isinstance(data, RegularInode):
+        return FileNode(data.digest, data.size, data.executable)
+    if isinstance(data, SymlinkInode):
+        return SymlinkNode(data.target)
+    return DirectoryNode(data.digest, data.size)
+
+
 def _data_key(data: InodeData) -> tuple[object, ...]:
     """``_content_key`` of the node ``data`` was made from (kept once, in the data)."""
     if isinstance(data, RegularInode):
@@ -187,6 +196,11 @@ class InodeTracker:
                 oldest, _ = self._uncounted.popitem(last=False)
                 self._free(oldest)
         return ino
+
+    def live(self) -> Iterator[tuple[int, Node]]:
+        """Every inode still known, with the node it stands for (a compacted journal)."""
+        for ino, data in list(self._data.items()):
+            yield ino, node_for(data)
 
     def restore(self, ino: int, node: Node) -> None:
         """Take over ``ino`` from a predecessor that handed it to the kernel.

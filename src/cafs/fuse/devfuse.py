@@ -23,6 +23,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from cafs.castore.nodes import Node
 from cafs.fs.filesystem import Filesystem
 from cafs.fuse import abi, handover
 from cafs.fuse.abi import InitFlag
@@ -198,7 +199,15 @@ async def serve(
         journal = handover.Journal(handover_dir / handover.JOURNAL, truncate=restored is None)
         if restored is not None:
             journal.rewrite(restored)
-        fs.inodes.on_allocate = journal.inode
+        written = journal
+        tracker = fs.inodes
+
+        def allocated(ino: int, node: Node) -> None:
+            written.inode(ino, node)
+            if written.due(len(tracker)):
+                written.compact(tracker.live())
+
+        tracker.on_allocate = allocated
     loop = asyncio.get_running_loop()
     channel = DevFuseChannel(mounted.fd, options.threads)
     session = Session(fs, session_options, notify=channel.write, observer=observer)

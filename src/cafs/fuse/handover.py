@@ -34,7 +34,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,8 @@ KEEPER = "keeper.sock"
 CONTROL = "control.sock"
 JOURNAL = "inodes.journal"
 HANDOVER_TIMEOUT = 60.0
+COMPACT_AT = 100_000
+"""Inode records in the journal before compaction is considered."""
 
 _SESSION = struct.Struct("<cIQ")  # 'S', minor, flags
 _INODE = struct.Struct("<cQB")  # 'I', ino, kind; then the node's own bytes
@@ -134,15 +136,25 @@ class Journal:
             flags |= os.O_TRUNC
         self.path = path
         self._fd = os.open(path, flags, 0o600)
+        self._session: tuple[int, int] | None = None
+        self.records = 0
+        """Inode records written since the journal was last written whole."""
 
     def session(self, minor: int, flags: int) -> None:
+        self._session = (minor, flags)
         os.write(self._fd, _SESSION.pack(b"S", minor, flags))
 
     def inode(self, ino: int, node: Node) -> None:
         os.write(self._fd, encode_inode(ino, node))
+        self.records += 1
+
+    def due(self, live: int) -> bool:
+        """Whether the journal holds so many freed inodes that it is worth writing anew."""
+        return self.records > max(COMPACT_AT, 4 * live)
 
     def rewrite(self, restored: Restored) -> None:
-        """Start the journal anew with ``restored`` (a takeover compacts it)."""
+        """Write the journal anew with just ``restored``: a takeover, or compaction."""
+        self._session = (restored.minor, restored.flags)
         records = [_SESSION.pack(b"S", restored.minor, restored.flags)]
         records += [encode_inode(ino, node) for ino, node in sorted(restored.inodes.items())]
         temp = self.path.with_suffix(".new")
@@ -150,6 +162,12 @@ class Journal:
         os.replace(temp, self.path)
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.records = len(restored.inodes)
+
+    def compact(self, live: Iterable[tuple[int, Node]]) -> None:
+        """Keep only the inodes still live (a freed one is held by the kernel no more)."""
+        if self._session is not None:
+            self.rewrite(Restored(*self._session, dict(live)))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
