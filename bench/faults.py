@@ -47,10 +47,9 @@ from tests.faults import (
     TrialResult,
     Workload,
     make_workload,
-    run,
     run_trials,
 )
-from tests.process import CAFS
+from tests.process import CAFS, cafs
 
 TMPFS_SIZE = "4m"
 
@@ -87,10 +86,10 @@ def disk_full(operation: str, workload: Workload, workdir: Path) -> str:
     try:
         if operation == "gc":
             return "n/a (gc frees space)"
-        result = run(workload.command(operation), mountpoint, check=False)
+        result = cafs(*workload.command(operation), home=mountpoint, check=False)
         lines = result.stderr.strip().splitlines()
         verdict = f"exit {result.returncode}: {lines[-1] if lines else '(no message)'}"
-        verify = run(["verify"], mountpoint, check=False)
+        verify = cafs("verify", home=mountpoint, check=False)
         verdict += "; store verifies" if verify.returncode == 0 else "; VERIFY FAILED"
         return verdict
     finally:

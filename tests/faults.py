@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.process import CAFS, store_env
+from tests.process import CAFS, cafs, store_env
 
 OPERATIONS = ("castore-ingest", "import", "nar-import", "copy", "gc")
 
@@ -62,22 +62,11 @@ def make_workload(root: Path, seed: int, files: int = 300, big: int = 6 << 20) -
         (tree / "large").write_bytes(rng.randbytes(big))
         trees.append(tree)
     home = root / f"nar-maker-{seed}"
-    path = run(["import", str(trees[0])], home).stdout.strip()
+    path = cafs("import", str(trees[0]), home=home).stdout.strip()
     nar = root / f"tree{seed}.nar"
     with open(nar, "wb") as out:
         subprocess.run([*CAFS, "nar", "dump", path], env=store_env(home), stdout=out, check=True)
     return Workload(trees, nar)
-
-
-def run(args: list[str], home: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CAFS, *args],
-        env=store_env(home),
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=600,
-    )
 
 
 @dataclass
@@ -102,15 +91,15 @@ class Trials:
 def prepare(operation: str, workload: Workload, home: Path) -> None:
     """Put into a fresh store what ``operation`` needs: for gc, live and dead content."""
     if operation == "gc":
-        run(["import", str(workload.trees[0])], home)
-        run(["castore", "ingest", str(workload.trees[1])], home)
+        cafs("import", str(workload.trees[0]), home=home)
+        cafs("castore", "ingest", str(workload.trees[1]), home=home)
 
 
 def timed(operation: str, workload: Workload, home: Path) -> float:
     """How long ``operation`` takes to run to completion on a fresh store."""
     prepare(operation, workload, home)
     started = time.monotonic()
-    run(workload.command(operation), home)
+    cafs(*workload.command(operation), home=home)
     return time.monotonic() - started
 
 
@@ -134,14 +123,14 @@ def trial(
     finally:
         process.wait()
     started = time.monotonic()
-    verify = run(["verify"], home, check=False)
+    verify = cafs("verify", home=home, check=False)
     took = time.monotonic() - started
-    rerun = run(workload.command(operation), home, check=False)
+    rerun = cafs(*workload.command(operation), home=home, check=False)
     problems = verify.stdout + verify.stderr if verify.returncode else ""
     if rerun.returncode:
         problems += f"\nrerun of {operation} failed: {rerun.stderr.strip()}"
     if verify.returncode == 0 and rerun.returncode == 0:
-        after = run(["verify", "--nar"], home, check=False)
+        after = cafs("verify", "--nar", home=home, check=False)
         if after.returncode:
             problems += f"\nafter the rerun: {after.stdout}{after.stderr}"
             verify_ok = False

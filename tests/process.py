@@ -33,10 +33,10 @@ def cafs(
     )
 
 
-def cafs_bytes(*args: str, home: Path) -> bytes:
+def cafs_bytes(*args: str, home: Path, **env: str) -> bytes:
     """Run cafs to completion; its standard output as bytes."""
     return subprocess.run(
-        [*CAFS, *args], env=store_env(home), capture_output=True, check=True, timeout=300
+        [*CAFS, *args], env=store_env(home, **env), capture_output=True, check=True, timeout=300
     ).stdout
 
 

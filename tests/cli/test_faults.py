@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import make_workload, run, run_trials
+from tests.faults import make_workload, run_trials
+from tests.process import cafs
 
 
 def test_killed_writers_leave_a_sound_store(tmp_path: Path) -> None:
@@ -35,11 +36,11 @@ def test_a_full_disk_is_a_clear_error_and_stores_nothing_half(tmp_path: Path) ->
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(home)], check=True)
     try:
         for operation in ("import", "nar-import"):
-            result = run(workload.command(operation), home, check=False)
+            result = cafs(*workload.command(operation), home=home, check=False)
             assert result.returncode == 7, result.stderr
             message = result.stderr.strip().splitlines()
             assert len(message) == 1 and "No space left on device" in message[0]
-            assert run(["verify"], home, check=False).returncode == 0
+            assert cafs("verify", home=home, check=False).returncode == 0
         # Neither import left a PathInfo behind.
         with contextlib.closing(sqlite3.connect(home / "pathinfo.sqlite")) as db:
             assert db.execute("SELECT count(*) FROM pathinfos").fetchone()[0] == 0

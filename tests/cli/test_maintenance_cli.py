@@ -114,17 +114,9 @@ def test_gc_frees_exactly_the_dead_objects(tmp_path: Path, layout: str) -> None:
     assert again.stdout == ""
     run("verify", "--nar", home=home, layout=layout)
     for source, path in zip(live, paths, strict=True):
-        assert cafs_bytes_in(home, layout, "nar", "dump", path) == nar_of(source)
-
-
-def cafs_bytes_in(home: Path, layout: str, *args: str) -> bytes:
-    return subprocess.run(
-        [*CAFS, *args],
-        env=store_env(home, **layout_env(home, layout)),
-        capture_output=True,
-        check=True,
-        timeout=300,
-    ).stdout
+        assert cafs_bytes("nar", "dump", path, home=home, **layout_env(home, layout)) == nar_of(
+            source
+        )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -143,7 +135,7 @@ def test_gc_keeps_what_an_import_in_flight_reuses(tmp_path: Path, layout: str) -
     # Its PathInfo lands after the gc: everything it names is there.
     path = run("import", str(reused), home=home, layout=layout).stdout.strip()
     run("verify", "--nar", home=home, layout=layout)
-    assert cafs_bytes_in(home, layout, "nar", "dump", path) == nar_of(reused)
+    assert cafs_bytes("nar", "dump", path, home=home, **layout_env(home, layout)) == nar_of(reused)
     assert len(after) < len(before)  # the forgotten tree went
 
 
@@ -244,7 +236,7 @@ def test_verify_repair_refetches_a_corrupt_near_chunk(tmp_path: Path) -> None:
     cached = {
         "BLOB_SERVICE_ADDR": f"cache://?near=objectstore+file://{near}&far={default_blobs(home)}"
     }
-    assert cafs_env_bytes(home, cached, "nar", "dump", path) == nar_of(tree)
+    assert cafs_bytes("nar", "dump", path, home=home, **cached) == nar_of(tree)
     victim = files_under(near / "chunks")[0]
     flip_byte(victim, 10)
     result = cafs("verify", home=home, check=False, **cached)
@@ -252,18 +244,12 @@ def test_verify_repair_refetches_a_corrupt_near_chunk(tmp_path: Path) -> None:
     repaired = cafs("verify", "--repair", home=home, check=False, **cached)
     assert "removed 1 corrupt objects from near caches" in repaired.stderr
     assert not victim.exists()
-    assert cafs_env_bytes(home, cached, "nar", "dump", path) == nar_of(tree)
+    assert cafs_bytes("nar", "dump", path, home=home, **cached) == nar_of(tree)
     cafs("verify", "--nar", home=home, **cached)
 
 
 def default_blobs(home: Path) -> str:
     return f"objectstore+file://{home}/objects"
-
-
-def cafs_env_bytes(home: Path, env: dict[str, str], *args: str) -> bytes:
-    return subprocess.run(
-        [*CAFS, *args], env=store_env(home, **env), capture_output=True, check=True, timeout=300
-    ).stdout
 
 
 def test_near_size_bounds_a_near_cache(tmp_path: Path) -> None:
@@ -277,12 +263,12 @@ def test_near_size_bounds_a_near_cache(tmp_path: Path) -> None:
         f"&far={default_blobs(home)}&near-size=1M"
     }
     for tree, path in zip(trees, paths, strict=True):
-        assert cafs_env_bytes(home, cached, "nar", "dump", path) == nar_of(tree)
+        assert cafs_bytes("nar", "dump", path, home=home, **cached) == nar_of(tree)
     held = sum(p.stat().st_size for p in near.rglob("*") if p.is_file())
     assert 0 < held <= limit
     # What was evicted comes back from far, byte for byte.
     for tree, path in zip(trees, paths, strict=True):
-        assert cafs_env_bytes(home, cached, "nar", "dump", path) == nar_of(tree)
+        assert cafs_bytes("nar", "dump", path, home=home, **cached) == nar_of(tree)
 
 
 def test_pinned_roots_survive_gc(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import obstore
 import pytest
 
 from tests.mount.conftest import mounted_store
-from tests.process import CAFS, cafs, store_env
+from tests.process import CAFS, cafs, cafs_bytes, store_env
 from tests.s3.seaweed import Seaweed, start_cluster
 
 BIG = 24 * 1024 * 1024
@@ -89,18 +89,8 @@ def test_what_one_machine_imports_another_mounts(
     assert any((two / "near").rglob("*/*")), "reads were kept in the second machine's near cache"
     # A third reads straight from the bucket, without any cache.
     three = tmp_path / "three"
-    dump = subprocess.run(
-        [*CAFS, "nar", "dump", path],
-        env=store_env(three, **direct_env(bucket)),
-        capture_output=True,
-        check=True,
-    ).stdout
-    local = subprocess.run(
-        [*CAFS, "nar", "dump", path],
-        env=store_env(one, **machine_env(one, bucket)),
-        capture_output=True,
-        check=True,
-    ).stdout
+    dump = cafs_bytes("nar", "dump", path, home=three, **direct_env(bucket))
+    local = cafs_bytes("nar", "dump", path, home=one, **machine_env(one, bucket))
     assert dump == local and len(dump) > 3 * 1024 * 1024
 
 
@@ -168,12 +158,7 @@ def test_a_replicated_store_loses_nothing_when_a_volume_server_dies(
             reader.wait()
     assert reader.returncode == 0, err.decode(errors="replace")
     assert expected.returncode != 0  # the embedded store of `home` never held it
-    local = subprocess.run(
-        [*CAFS, "nar", "dump", path],
-        env=store_env(home, **direct_env(bucket)),
-        capture_output=True,
-        check=True,
-    ).stdout
+    local = cafs_bytes("nar", "dump", path, home=home, **direct_env(bucket))
     assert out == local
     cafs("verify", "--nar", home=home, **direct_env(bucket))
 

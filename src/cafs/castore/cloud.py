@@ -228,7 +228,7 @@ class CloudObjectStorage(ObjectStorage):
         await asyncio.gather(*(one(info) for info in candidates))
         return deleted
 
-    async def touch(self, key: str) -> None:
+    async def touch(self, keys: Sequence[str]) -> None:
         # Rewriting an object to date it costs a download and an upload: cloud
         # stores are far stores, evicted by gc rather than by recency.
         return None

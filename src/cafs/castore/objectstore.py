@@ -106,8 +106,8 @@ class ObjectStorage(ABC):
         """Remove objects; a key already gone is not an error."""
 
     @abstractmethod
-    async def touch(self, key: str) -> None:
-        """Mark an object as just used, for least-recently-used eviction."""
+    async def touch(self, keys: Sequence[str]) -> None:
+        """Mark objects as just used, for least-recently-used eviction (one call for many)."""
 
     @abstractmethod
     async def sweep(self, candidates: Sequence[ObjectInfo], cutoff: float) -> list[ObjectInfo]:
@@ -171,9 +171,9 @@ class MemoryObjectStorage(ObjectStorage):
             self._objects.pop(key, None)
             self._modified.pop(key, None)
 
-    async def touch(self, key: str) -> None:
-        if key in self._objects:
-            self._modified[key] = time.time()
+    async def touch(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.refresh_sync(key)
 
     def refresh_sync(self, key: str) -> bool:
         if key not in self._objects:
@@ -401,10 +401,11 @@ class FileObjectStorage(ObjectStorage):
 
         await asyncio.to_thread(remove)
 
-    async def touch(self, key: str) -> None:
+    async def touch(self, keys: Sequence[str]) -> None:
         def utime() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(self._path(key))
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(self._path(key))
 
         await asyncio.to_thread(utime)
 

@@ -47,8 +47,8 @@ class SizeBound:
                 self._touched.move_to_end(digest)
         while len(self._touched) > TOUCHES_REMEMBERED:
             self._touched.popitem(last=False)
-        for digest in due:
-            await self.near.storage.touch(chunk_key(digest))
+        if due:
+            await self.near.storage.touch([chunk_key(digest) for digest in due])
 
     def added(self, size: int) -> None:
         """Count bytes just written near; start an eviction once past the bound."""

@@ -231,6 +231,7 @@ class _BlobStream:
                 data = await self._take(chunk.size)
                 if await _digest_of(data) != chunk.digest:
                     raise _StreamEnded(f"wrong bytes for chunk {chunk.digest}")
+                counters.fetched("grpc", len(data))
                 waiter = self._waiting.pop(self._produced, None)
                 self._produced += 1
                 if waiter is not None and not waiter.done():
@@ -247,7 +248,6 @@ class _BlobStream:
             if message is None:
                 raise _StreamEnded("the stream ended early")
             data = message.data  # each access of the field makes a new copy
-            counters.fetched("grpc", len(data))
             if data:
                 self._pieces.append(data)
                 self._buffered += len(data)

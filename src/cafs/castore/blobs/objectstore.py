@@ -334,10 +334,6 @@ class ObjectStoreBlobService(BlobService):
     async def close(self) -> None:
         await self.storage.close()
 
-    async def touch(self, digest: Digest) -> None:
-        """Mark a blob as just used (a near cache's least-recently-used order)."""
-        await self.storage.touch(chunk_key(digest))
-
     def _listing(self) -> tuple[list[ObjectInfo], list[ObjectInfo]]:
         """Every chunk and every blob index (blocking)."""
         return list(self.storage.list_sync("chunks/")), list(self.storage.list_sync("blobs/"))
