@@ -14,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from cafs.castore.blobs.base import BlobService
+from cafs.castore.blobs.plain import PlainFileBlobService, PlainFiles
 from cafs.castore.composition import blob_service_from_addr, directory_service_from_addr
 from cafs.castore.directories.base import DirectoryService
 from tests.daemon import Daemon, running_daemon, socket_path
@@ -106,10 +107,21 @@ async def serving(
             await service.close()
 
 
-@pytest.fixture(params=BLOB_BACKENDS)
+@pytest.fixture(params=[*BLOB_BACKENDS, "plain"])
 async def blob_service(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[BlobService]:
+    if request.param == "plain":
+        # Plain copies of every blob read, made at once and read from then on.
+        inner = blob_service_from_addr(blob_url("objectstore+file", tmp_path))
+        plain = PlainFiles(tmp_path / "plain", 1 << 30, min_size=1)
+        service: BlobService = PlainFileBlobService(inner, plain, finish=True)
+        await service.connect()
+        try:
+            yield service
+        finally:
+            await service.close()
+        return
     async for service in serving(request.param, tmp_path, blob_url, blob_service_from_addr):
         yield service
 

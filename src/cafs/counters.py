@@ -9,7 +9,9 @@ it is scraped:
   (``file``, ``memory``, ``s3``, ``grpc``, ``nix+http``…): objects read and
   verified from where they are stored;
 - ``cafs_cache_lookups_total``, by ``service`` (``blob``, ``directory``,
-  ``pathinfo``) and ``result`` (``hit``: served near; ``miss``: fetched far).
+  ``pathinfo``) and ``result`` (``hit``: served near; ``miss``: fetched far);
+- ``cafs_plain_files_total``, by ``event`` (``made``, ``failed``, ``evicted``):
+  the plain copies of verified blobs (``cafs.castore.blobs.plain``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ HELP = {
     "cafs_fetched_objects": "Objects read and verified from a backend, by backend",
     "cafs_fetched_bytes": "Bytes read and verified from a backend, by backend",
     "cafs_cache_lookups": "Cache lookups, by service and result (hit: near, miss: far)",
+    "cafs_plain_files": "Plain copies of blobs, by event (made, failed, evicted)",
 }
 
 

@@ -142,8 +142,8 @@ def deadline_option(url: str, value: str) -> float:
     return seconds
 
 
-def size_option(url: str, key: str, value: str) -> int:
-    """A byte count such as ``500M`` or ``2G`` (powers of 1024) or plain bytes, above 0."""
+def parse_size(value: str) -> int | None:
+    """A byte count such as ``500M``, ``2GiB`` (powers of 1024) or plain bytes; None if not one."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     text = value.strip().upper().removesuffix("IB").removesuffix("B")
     unit = text[-1:] if text[-1:] in units and text[-1:] else ""
@@ -151,8 +151,14 @@ def size_option(url: str, key: str, value: str) -> int:
     try:
         size = int(float(number) * units[unit])
     except ValueError:
-        size = 0
-    if size <= 0:
+        return None
+    return size if size >= 0 else None
+
+
+def size_option(url: str, key: str, value: str) -> int:
+    """A byte count such as ``500M`` or ``2G`` (powers of 1024) or plain bytes, above 0."""
+    size = parse_size(value)
+    if not size:
         raise InvalidAddressError(url, f"{key} must be a size such as 500M or 2G, not {value!r}")
     return size
 

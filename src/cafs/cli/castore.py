@@ -146,6 +146,7 @@ async def castore_mount(
     handover_dir: str | None,
     takeover: bool,
     threads: int,
+    plain_cache_size: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
 ) -> None:
@@ -162,6 +163,7 @@ async def castore_mount(
             metrics_listen_address,
             handover_dir,
             takeover,
+            plain_cache_size,
         )
         await serve_mount(
             services, DirectoryRootNodes(root), mountpoint, flags, f"directory {wanted}"
@@ -183,6 +185,7 @@ async def castore_virtiofs(
     show_xattr: bool,
     metrics_listen_address: str | None,
     threads: int,
+    plain_cache_size: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
 ) -> None:
@@ -191,7 +194,14 @@ async def castore_virtiofs(
 
     async def body(services: CastoreServices) -> None:
         root = await required_directory(services, wanted)
-        flags = MountFlags(list_root, show_xattr, False, threads, metrics_listen_address)
+        flags = MountFlags(
+            list_root,
+            show_xattr,
+            False,
+            threads,
+            metrics_listen_address,
+            plain_cache_size=plain_cache_size,
+        )
         await serve_virtiofs(
             services, DirectoryRootNodes(root), socket_path, flags, f"directory {wanted}"
         )

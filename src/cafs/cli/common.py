@@ -16,6 +16,7 @@ import click
 
 from cafs import tracing
 from cafs.castore.services import CastoreServices
+from cafs.config import store_home
 from cafs.errors import (
     CafsError,
     IntegrityError,
@@ -26,6 +27,7 @@ from cafs.errors import (
 )
 from cafs.fs.root_nodes import RootNodes
 from cafs.fuse import DEFAULT_THREADS
+from cafs.urls import parse_size
 
 if TYPE_CHECKING:
     from cafs.fs.filesystem import Filesystem
@@ -142,6 +144,49 @@ async def with_services(
     return await using(CastoreServices.from_addrs(blob_addr, directory_addr), body)
 
 
+DEFAULT_PLAIN_CACHE_SIZE = "4GiB"
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
+    """A byte count such as 4GiB or 500M; 0 is allowed (off)."""
+    size = value if isinstance(value, int) else parse_size(value)
+    if size is None:
+        raise click.BadParameter(f"{value!r} is not a size such as 4GiB, 500M or 0")
+    return size
+
+
+def plain_cache_option(func: Callable[P, T]) -> Callable[P, T]:
+    """``--plain-cache-size``: how much the plain copies of large blobs may take."""
+    return click.option(
+        "--plain-cache-size",
+        envvar="CAFS_PLAIN_CACHE_SIZE",
+        metavar="SIZE",
+        callback=_size,
+        default=DEFAULT_PLAIN_CACHE_SIZE,
+        show_default=True,
+        help="Keep large blobs that were read as verified plain files under "
+        "$CAFS_HOME/plain, up to this size (least recently used out), and read them "
+        "from there (as root, a mount lets the kernel read them itself). 0: off.",
+    )(func)
+
+
+async def use_plain_files(
+    services: CastoreServices, size: int, *, fill: bool = True, finish: bool = False
+) -> None:
+    """Read ``services``' large blobs from their plain copies where there are some."""
+    if size <= 0:
+        return
+    from cafs.castore.blobs.plain import PlainFileBlobService, PlainFiles
+
+    plain = PlainFiles(store_home() / "plain", size)
+    try:
+        await plain.load()
+    except OSError as exc:
+        log.warning("plain files in %s are off: %s", plain.root, exc)
+        return
+    services.blobs = PlainFileBlobService(services.blobs, plain, fill=fill, finish=finish)
+
+
 def filesystem_options(
     list_root_default: bool, *, allow_other: bool = True
 ) -> Callable[[Callable[P, T]], Callable[P, T]]:
@@ -151,6 +196,7 @@ def filesystem_options(
     """
 
     def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        func = plain_cache_option(func)
         func = click.option(
             "--threads",
             envvar="THREADS",
@@ -215,6 +261,7 @@ class MountFlags:
     metrics_listen_address: str | None = None
     handover_dir: str | None = None
     takeover: bool = False
+    plain_cache_size: int = 0
 
 
 def metrics_observer(flags: MountFlags) -> Callable[[int, float, int], None] | None:
@@ -255,6 +302,7 @@ async def serve_mount(
         await asyncio.to_thread(handover_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
     elif flags.takeover:
         raise click.UsageError("--takeover needs --handover-dir, where the live mount is kept")
+    await use_plain_files(services, flags.plain_cache_size)
     fs = new_filesystem(services, roots, flags)
     options = MountOptions(allow_other=flags.allow_other, threads=flags.threads)
     await serve(
@@ -277,6 +325,7 @@ async def serve_virtiofs(
     from cafs.virtio.daemon import serve
 
     observer = metrics_observer(flags)
+    await use_plain_files(services, flags.plain_cache_size)
     await serve(
         lambda: Session(new_filesystem(services, roots, flags), observer=observer),
         socket_path,

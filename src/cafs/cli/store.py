@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,16 +21,19 @@ from cafs.cli.common import (
     castore_service_options,
     filesystem_options,
     log,
+    plain_cache_option,
     run_async,
     serve_mount,
     serve_virtiofs,
+    use_plain_files,
     using,
 )
+from cafs.errors import NarError
 from cafs.progress import count_progress, ingest_progress
 from cafs.store.copy import copy_closure, read_closure
 from cafs.store.importer import import_nar, import_path
 from cafs.store.nar.ingest import file_source
-from cafs.store.nar.render import render_nar
+from cafs.store.nar.render import FileRange, render_nar_pieces
 from cafs.store.pathinfo import PathInfo
 from cafs.store.root_nodes import PathInfoRootNodes
 from cafs.store.services import StoreServices
@@ -72,13 +77,23 @@ async def required_path_info(services: StoreServices, path: StorePath) -> PathIn
 WRITE_BATCH = 4 * 1024 * 1024
 
 
-async def write_stream(pieces: AsyncIterator[bytes]) -> None:
-    """Copy ``pieces`` to stdout on a worker thread, producing the next batch meanwhile."""
+async def write_stream(pieces: AsyncIterator[bytes | FileRange]) -> None:
+    """Copy ``pieces`` to stdout on a worker thread, producing the next batch meanwhile.
+
+    A FileRange is copied by the kernel (``sendfile``), after what came before it.
+    """
     out = sys.stdout.buffer
     writing: asyncio.Future[None] | None = None
     batch: list[bytes] = []
     size = 0
     async for piece in pieces:
+        if isinstance(piece, FileRange):
+            if writing is not None:
+                await writing
+                writing = None
+            await asyncio.to_thread(_write_range, out, batch, piece)
+            batch, size = [], 0
+            continue
         batch.append(piece)
         size += len(piece)
         if size >= WRITE_BATCH:
@@ -90,6 +105,42 @@ async def write_stream(pieces: AsyncIterator[bytes]) -> None:
         await writing
     await asyncio.to_thread(out.writelines, batch)
     await asyncio.to_thread(out.flush)
+
+
+def _write_range(out: BinaryIO, before: list[bytes], piece: FileRange) -> None:
+    out.writelines(before)
+    out.flush()
+    with open(piece.path, "rb") as source:
+        actual = os.fstat(source.fileno()).st_size
+        if actual != piece.file_size:
+            raise NarError(
+                f"cannot render NAR: blob {piece.digest} holds {actual} bytes, not the "
+                f"{piece.file_size} its file node claims"
+            )
+        copy_range(source.fileno(), out.fileno(), piece.offset, piece.length)
+
+
+def copy_range(source: int, target: int, offset: int, length: int) -> None:
+    """``length`` bytes of ``source`` from ``offset`` to ``target``, by the kernel where it can."""
+    end = offset + length
+    while offset < end:
+        try:
+            sent = os.sendfile(target, source, offset, min(end - offset, 1 << 30))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS) or offset != end - length:
+                raise
+            break  # sendfile cannot write there: copy through memory
+        if sent == 0:
+            raise OSError(errno.EIO, "a plain copy is shorter than its blob")
+        offset += sent
+    while offset < end:
+        data = os.pread(source, min(end - offset, 1 << 20), offset)
+        if not data:
+            raise OSError(errno.EIO, "a plain copy is shorter than its blob")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(target, view) :]
+        offset += len(data)
 
 
 @click.command("import")
@@ -155,10 +206,19 @@ def nar_group() -> None:
 
 @nar_group.command("dump")
 @click.argument("store_path")
+@click.option(
+    "--fill-plain-cache",
+    is_flag=True,
+    help="Also keep the path's large files as plain copies (see --plain-cache-size), "
+    "so later reads and dumps take them from there.",
+)
+@plain_cache_option
 @store_service_options
 @run_async
 async def nar_dump(
     store_path: str,
+    fill_plain_cache: bool,
+    plain_cache_size: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
     path_info_service_addr: str | None,
@@ -168,7 +228,13 @@ async def nar_dump(
 
     async def body(services: StoreServices) -> None:
         info = await required_path_info(services, wanted)
-        await write_stream(render_nar(info.node, services.blobs, services.directories))
+        await use_plain_files(
+            services, plain_cache_size, fill=fill_plain_cache, finish=fill_plain_cache
+        )
+        pieces = render_nar_pieces(
+            info.node, services.blobs, services.directories, file_ranges=True
+        )
+        await write_stream(pieces)
 
     await with_store_services(
         blob_service_addr, directory_service_addr, path_info_service_addr, body
@@ -249,6 +315,7 @@ async def mount_command(
     handover_dir: str | None,
     takeover: bool,
     threads: int,
+    plain_cache_size: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
     path_info_service_addr: str | None,
@@ -264,6 +331,7 @@ async def mount_command(
             metrics_listen_address,
             handover_dir,
             takeover,
+            plain_cache_size,
         )
         await serve_mount(
             services, PathInfoRootNodes(services.path_infos), mountpoint, flags, "the store"
@@ -285,6 +353,7 @@ async def virtiofs_command(
     show_xattr: bool,
     metrics_listen_address: str | None,
     threads: int,
+    plain_cache_size: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
     path_info_service_addr: str | None,
@@ -292,7 +361,14 @@ async def virtiofs_command(
     """Serve the store to a VM over vhost-user-fs at SOCKET, until the VM goes away."""
 
     async def body(services: StoreServices) -> None:
-        flags = MountFlags(list_root, show_xattr, False, threads, metrics_listen_address)
+        flags = MountFlags(
+            list_root,
+            show_xattr,
+            False,
+            threads,
+            metrics_listen_address,
+            plain_cache_size=plain_cache_size,
+        )
         await serve_virtiofs(
             services, PathInfoRootNodes(services.path_infos), socket_path, flags, "the store"
         )
@@ -338,6 +414,7 @@ async def virtiofs_command(
     show_default=True,
     help="How NARs are sent (zstd costs CPU here and saves bytes on slow links).",
 )
+@plain_cache_option
 @store_service_options
 @run_async
 async def nar_bridge_command(
@@ -346,6 +423,7 @@ async def nar_bridge_command(
     signing_key_file: str | None,
     allow_put: bool,
     compression: str,
+    plain_cache_size: int,
     blob_service_addr: str | None,
     directory_service_addr: str | None,
     path_info_service_addr: str | None,
@@ -365,6 +443,7 @@ async def nar_bridge_command(
     options = BridgeOptions(priority, key, allow_put, compression)
 
     async def body(services: StoreServices) -> None:
+        await use_plain_files(services, plain_cache_size)
         await serve_bridge(services, address, options)
 
     await with_store_services(

@@ -121,6 +121,8 @@ class _FileHandle:
     ino: int
     data: RegularInode
     reader: BlobReader | None = None
+    plain: str | None = None
+    """A plain file of the blob's verified bytes, which the kernel may read itself."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -490,13 +492,14 @@ class Filesystem:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise FsError(errno.EROFS)
         reader = None
-        if data.digest not in self.prefetch.present:
+        plain = self.blobs.plain_file(data.digest)
+        if plain is None and data.digest not in self.prefetch.present:
             # First open of this blob: open the reader now (one fetch answers
             # both "is it there" and the read that usually follows).
             reader = await self._first_reader(ino, data)
             self.prefetch.present.add(data.digest)
         fh = self._new_handle(ino)
-        self._file_handles[fh] = _FileHandle(ino, data, reader)
+        self._file_handles[fh] = _FileHandle(ino, data, reader, plain)
         self.inodes.opened(ino)
         log.debug("open ino=%d fh=%d blob=%s", ino, fh, data.digest)
         return fh
@@ -528,6 +531,11 @@ class Filesystem:
             log.warning("%s ino=%d blob=%s: not in the blob service", operation, ino, digest)
             raise FsError(errno.EIO, f"blob {digest} is missing")
         return reader
+
+    def backing_file(self, fh: int) -> str | None:
+        """The plain file behind an open file, for the kernel to read without cafs."""
+        handle = self._file_handles.get(fh)
+        return None if handle is None else handle.plain
 
     def contents_at_hand(self, fh: int) -> bytes | None:
         """A small file's whole contents, when its open already fetched them.

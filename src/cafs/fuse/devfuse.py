@@ -26,8 +26,8 @@ from pathlib import Path
 from cafs.castore.nodes import Node
 from cafs.fs.filesystem import Filesystem
 from cafs.fuse import abi, handover
-from cafs.fuse.abi import InitFlag
 from cafs.fuse.mount import Mounted, MountOptions, mount, raise_readahead, unmount
+from cafs.fuse.passthrough import Passthrough
 from cafs.fuse.server import (
     Observer,
     Reply,
@@ -210,14 +210,22 @@ async def serve(
         tracker.on_allocate = allocated
     loop = asyncio.get_running_loop()
     channel = DevFuseChannel(mounted.fd, options.threads)
-    session = Session(fs, session_options, notify=channel.write, observer=observer)
+    # Passthrough needs CAP_SYS_ADMIN to register backing files; INIT agrees to it only if asked.
+    passthrough = Passthrough(mounted.fd) if mounted.privileged else None
+    if passthrough is not None and restored is not None:
+        passthrough.restore(set(restored.inodes), restored.backing)
+    session = Session(
+        fs, session_options, notify=channel.write, observer=observer, passthrough=passthrough
+    )
     if journal is not None:
         record = journal
 
-        def agreed(minor: int, flags: InitFlag) -> None:
-            record.session(minor, int(flags))
+        def agreed(minor: int, flags: int) -> None:
+            record.session(minor, flags)
 
         session.on_init = agreed
+        if passthrough is not None:
+            passthrough.on_change = record.backing
     if restored is not None:
         session.resume(restored.minor, restored.flags)
     stopping = False

@@ -35,7 +35,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cafs.castore.digest import Digest
@@ -56,6 +56,7 @@ _INODE = struct.Struct("<cQB")  # 'I', ino, kind; then the node's own bytes
 _FILE = struct.Struct("<32sQB")  # digest, size, executable
 _DIRECTORY = struct.Struct("<32sQ")  # digest, size
 _LENGTH = struct.Struct("<I")
+_BACKING = struct.Struct("<cQI")  # 'B', ino, backing id (0: closed)
 
 
 class HandoverError(CafsError):
@@ -78,6 +79,8 @@ class Restored:
     minor: int
     flags: int
     inodes: dict[int, Node]
+    backing: dict[int, int] = field(default_factory=dict)
+    """The FUSE passthrough backing file id each inode held (see ``cafs.fuse.passthrough``)."""
 
 
 def read_journal(path: Path) -> Restored:
@@ -88,6 +91,7 @@ def read_journal(path: Path) -> Restored:
         raise HandoverError(f"cannot read the inode journal {path}: {exc.strerror}") from exc
     session: tuple[int, int] | None = None
     inodes: dict[int, Node] = {}
+    backing: dict[int, int] = {}
     offset = 0
     try:
         while offset < len(data):
@@ -96,6 +100,13 @@ def read_journal(path: Path) -> Restored:
                 _, minor, flags = _SESSION.unpack_from(data, offset)
                 session = (minor, flags)
                 offset += _SESSION.size
+            elif tag == b"B":
+                _, ino, backing_id = _BACKING.unpack_from(data, offset)
+                offset += _BACKING.size
+                if backing_id:
+                    backing[ino] = backing_id
+                else:
+                    backing.pop(ino, None)
             elif tag == b"I":
                 _, ino, kind = _INODE.unpack_from(data, offset)
                 offset += _INODE.size
@@ -124,7 +135,7 @@ def read_journal(path: Path) -> Restored:
         pass  # the last record was cut short
     if session is None:
         raise HandoverError(f"inode journal {path} holds no session: the mount never started")
-    return Restored(session[0], session[1], inodes)
+    return Restored(session[0], session[1], inodes, backing)
 
 
 class Journal:
@@ -137,6 +148,7 @@ class Journal:
         self.path = path
         self._fd = os.open(path, flags, 0o600)
         self._session: tuple[int, int] | None = None
+        self._backing: dict[int, int] = {}
         self.records = 0
         """Inode records written since the journal was last written whole."""
 
@@ -148,6 +160,14 @@ class Journal:
         os.write(self._fd, encode_inode(ino, node))
         self.records += 1
 
+    def backing(self, ino: int, backing_id: int | None) -> None:
+        """``ino`` got a passthrough backing file (or gave it up: None)."""
+        if backing_id is None:
+            self._backing.pop(ino, None)
+        else:
+            self._backing[ino] = backing_id
+        os.write(self._fd, _BACKING.pack(b"B", ino, backing_id or 0))
+
     def due(self, live: int) -> bool:
         """Whether the journal holds so many freed inodes that it is worth writing anew."""
         return self.records > max(COMPACT_AT, 4 * live)
@@ -157,6 +177,8 @@ class Journal:
         self._session = (restored.minor, restored.flags)
         records = [_SESSION.pack(b"S", restored.minor, restored.flags)]
         records += [encode_inode(ino, node) for ino, node in sorted(restored.inodes.items())]
+        self._backing = dict(restored.backing)
+        records += [_BACKING.pack(b"B", ino, bid) for ino, bid in sorted(self._backing.items())]
         temp = self.path.with_suffix(".new")
         temp.write_bytes(b"".join(records))
         os.replace(temp, self.path)
@@ -167,7 +189,7 @@ class Journal:
     def compact(self, live: Iterable[tuple[int, Node]]) -> None:
         """Keep only the inodes still live (a freed one is held by the kernel no more)."""
         if self._session is not None:
-            self.rewrite(Restored(*self._session, dict(live)))
+            self.rewrite(Restored(*self._session, dict(live), self._backing))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -28,7 +28,8 @@ from cafs.errors import CafsError
 from cafs.fs.attrs import Attributes
 from cafs.fs.filesystem import Filesystem, FsError
 from cafs.fuse import abi
-from cafs.fuse.abi import InitFlag, Opcode, OpenFlag
+from cafs.fuse.abi import InitFlag, InitFlag2, Opcode, OpenFlag
+from cafs.fuse.passthrough import Passthrough
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,11 @@ class Session:
         *,
         notify: Callable[[Reply], None] | None = None,
         observer: Observer | None = None,
+        passthrough: Passthrough | None = None,
     ) -> None:
         self.fs = fs
+        self.passthrough = passthrough
+        """Backing files for opens the kernel may read itself (/dev/fuse only), once agreed."""
         self.observer = observer
         """Told of every request answered: opcode, seconds taken, errno (0 for success)."""
         self.options = options or SessionOptions()
@@ -197,7 +201,9 @@ class Session:
         """The negotiated minor version, once INIT is answered."""
         self.flags = InitFlag(0)
         """The INIT flags both sides agreed on."""
-        self.on_init: Callable[[int, InitFlag], None] | None = None
+        self.flags2 = InitFlag2(0)
+        """The agreed flags of the second word (PASSTHROUGH)."""
+        self.on_init: Callable[[int, int], None] | None = None
         """Told the agreed minor version and flags once INIT is answered (a handover journal)."""
         self.refused: ProtocolError | None = None
         """Set when INIT was refused: the transport should stop with this error."""
@@ -212,9 +218,15 @@ class Session:
         return len(self._pending)
 
     def resume(self, minor: int, flags: int) -> None:
-        """Serve a connection whose INIT a predecessor answered, on the terms it agreed."""
+        """Serve a connection whose INIT a predecessor answered, on the terms it agreed.
+
+        ``flags`` holds both words, the second shifted up by 32 bits.
+        """
         self.minor = minor
-        self.flags = InitFlag(flags)
+        self.flags = InitFlag(flags & 0xFFFFFFFF)
+        self.flags2 = InitFlag2(flags >> 32)
+        if not self.flags2 & InitFlag2.PASSTHROUGH:
+            self.passthrough = None
 
     # -- entry points ----------------------------------------------------------
 
@@ -350,6 +362,14 @@ class Session:
             return reply_error(request.unique, errno.EPROTO)
         self.minor = min(minor, abi.KERNEL_MINOR_VERSION)
         self.flags = InitFlag(flags) & self.options.flags
+        offered2 = InitFlag2(0)
+        if flags & InitFlag.INIT_EXT and len(request.body) >= 16 + abi.init_in_flags2.size:
+            offered2 = InitFlag2(abi.init_in_flags2.unpack_from(request.body, 16)[0])
+        if self.passthrough is not None and offered2 & InitFlag2.PASSTHROUGH:
+            self.flags2 = InitFlag2.PASSTHROUGH
+            self.flags |= InitFlag.INIT_EXT
+        else:
+            self.passthrough = None
         options = self.options
         max_pages = options.max_pages if self.flags & InitFlag.MAX_PAGES else 0
         log.debug(
@@ -362,7 +382,7 @@ class Session:
             int(self.flags),
         )
         if self.on_init is not None:
-            self.on_init(self.minor, self.flags)
+            self.on_init(self.minor, int(self.flags) | int(self.flags2) << 32)
         reply = abi.init_out.pack(
             abi.KERNEL_VERSION,
             self.minor,
@@ -374,8 +394,9 @@ class Session:
             1,  # time_gran: nanoseconds
             max_pages,
             0,  # map_alignment
-            0,  # flags2
-            0,  # max_stack_depth
+            int(self.flags2),
+            1 if self.flags2 & InitFlag2.PASSTHROUGH else 0,  # max_stack_depth: backing files
+            # on plain file systems, not on another stacked one
             0,  # request_timeout
             *[0] * 11,
         )
@@ -459,6 +480,12 @@ class Session:
                 # Fill the page cache before answering: the read that
                 # follows is served by the kernel, one round trip fewer.
                 self._notify(notify_store(request.nodeid, 0, contents))
+        if self.passthrough is not None:
+            backing_id = self.passthrough.open(request.nodeid, fh, self.fs.backing_file(fh))
+            if backing_id is not None:
+                # The kernel reads this file from the backing file itself.
+                open_flags = OpenFlag.PASSTHROUGH | OpenFlag.NOFLUSH
+                return reply_ok(request.unique, abi.open_out.pack(fh, int(open_flags), backing_id))
         open_flags = OpenFlag.KEEP_CACHE | OpenFlag.NOFLUSH
         return reply_ok(request.unique, abi.open_out.pack(fh, int(open_flags), 0))
 
@@ -468,6 +495,8 @@ class Session:
 
     async def _release(self, request: Request) -> Reply:
         fh, *_ = request.args(abi.release_in)
+        if self.passthrough is not None:
+            self.passthrough.release(fh)
         await self.fs.release(fh)
         return reply_ok(request.unique)
 

@@ -217,6 +217,14 @@ class BlobService(ABC):
         only through the caller).
         """
 
+    def plain_file(self, digest: Digest) -> str | None:
+        """A plain file holding the blob's verified bytes, if one is at hand (no I/O).
+
+        Readers that can hand a file to the kernel (FUSE passthrough,
+        ``sendfile``) use it instead of reading the blob through the service.
+        """
+        return None
+
     async def read_all(self, digest: Digest) -> bytes | None:
         """The whole blob in memory (for small blobs and tests)."""
         reader = await self.open_read(digest)

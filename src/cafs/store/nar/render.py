@@ -35,6 +35,22 @@ WINDOW_UNITS = 8
 OUTPUT_BLOCK = 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """A part of the NAR that is ``length`` bytes of a plain file from ``offset``.
+
+    The file holds a blob's verified bytes (``BlobService.plain_file``): a
+    writer may copy it with ``sendfile`` instead of reading it through cafs.
+    """
+
+    path: str
+    offset: int
+    length: int
+    digest: Digest
+    file_size: int
+    """The size the file's node claims: a plain file of another size is an error."""
+
+
 @dataclass
 class _Unit:
     """One fetch: a batch of small blobs, or one large blob to stream."""
@@ -181,14 +197,25 @@ async def _open_large(blobs: BlobService, node: FileNode) -> BlobReader:
     return reader
 
 
+_Fetched = dict[Digest, bytes] | BlobReader | str
+"""A batch of small blobs, an opened large one, or the path of a large one's plain copy."""
+
+
+async def _at_hand(path: str) -> str:
+    return path
+
+
 class _Fetcher:
     """Runs the plan's fetches ahead of the writer, within the window."""
 
-    def __init__(self, blobs: BlobService, units: list[_Unit], first: int = 0) -> None:
+    def __init__(
+        self, blobs: BlobService, units: list[_Unit], first: int = 0, file_ranges: bool = False
+    ) -> None:
         self._blobs = blobs
+        self._file_ranges = file_ranges
         self._units = units
         self._next = first
-        self._tasks: deque[tuple[int, asyncio.Task[dict[Digest, bytes] | BlobReader]]] = deque()
+        self._tasks: deque[tuple[int, asyncio.Task[_Fetched]]] = deque()
         self._held = 0
 
     def _top_up(self) -> None:
@@ -196,8 +223,13 @@ class _Fetcher:
             not self._tasks or (len(self._tasks) < WINDOW_UNITS and self._held < WINDOW_BYTES)
         ):
             unit = self._units[self._next]
-            job: Awaitable[dict[Digest, bytes] | BlobReader]
-            if unit.large:
+            job: Awaitable[_Fetched]
+            plain = None
+            if self._file_ranges and unit.large:
+                plain = self._blobs.plain_file(unit.files[0].digest)
+            if plain is not None:
+                job = _at_hand(plain)
+            elif unit.large:
                 job = _open_large(self._blobs, unit.files[0])
             else:
                 job = _fetch_batch(self._blobs, unit)
@@ -205,7 +237,7 @@ class _Fetcher:
             self._tasks.append((self._next, asyncio.ensure_future(job)))
             self._next += 1
 
-    async def take(self, index: int) -> dict[Digest, bytes] | BlobReader:
+    async def take(self, index: int) -> _Fetched:
         """The result of unit ``index``; units must be taken in order."""
         self._top_up()
         taken, task = self._tasks.popleft()
@@ -248,6 +280,22 @@ async def render_nar(
     offset the range starts at. With ``expected_size``, a NAR of another size
     is a NarError before its first byte.
     """
+    async for piece in render_nar_pieces(root, blobs, directories, start, end, expected_size):
+        assert isinstance(piece, bytes)
+        yield piece
+
+
+async def render_nar_pieces(
+    root: Node,
+    blobs: BlobService,
+    directories: DirectoryService,
+    start: int = 0,
+    end: int | None = None,
+    expected_size: int | None = None,
+    *,
+    file_ranges: bool = False,
+) -> AsyncGenerator[bytes | FileRange, None]:
+    """``render_nar``, with ``file_ranges``: large files that have a plain copy as FileRanges."""
     plan = _make_plan(root, await _load_closure(root, directories))
     total = sum(_piece_size(piece) for piece in plan.pieces)
     if expected_size is not None and total != expected_size:
@@ -265,7 +313,7 @@ async def render_nar(
     first_unit = next(
         (p.unit for p in plan.pieces[first_piece:] if isinstance(p, _Contents)), len(plan.units)
     )
-    fetcher = _Fetcher(blobs, plan.units, first_unit)
+    fetcher = _Fetcher(blobs, plan.units, first_unit, file_ranges)
     out = bytearray()
     batch: dict[Digest, bytes] = {}
     batch_index = -1
@@ -281,10 +329,13 @@ async def render_nar(
                 out += piece[lo:hi]
             elif plan.units[piece.unit].large:
                 reader = await fetcher.take(piece.unit)
-                assert isinstance(reader, BlobReader)
                 if out:
                     yield bytes(out)
                     out.clear()
+                if isinstance(reader, str):
+                    yield FileRange(reader, lo, hi - lo, piece.node.digest, piece.node.size)
+                    continue
+                assert isinstance(reader, BlobReader)
                 # Large contents pass through as read, without another copy.
                 async with reader:
                     if lo:

@@ -1,0 +1,152 @@
+"""Plain copies of large blobs, and the kernel reading them itself (FUSE passthrough)."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cafs.castore.digest import Digest
+from tests.mount.conftest import ingest, mounted, mounted_store
+from tests.mount.test_protocol import status
+from tests.process import CAFS, cafs, cafs_bytes, store_env
+
+SIZE = 6 * 1024 * 1024 + 4321
+COPY_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, bytes, str]:
+    """A fresh store holding one large random file; (home, its bytes, the root digest)."""
+    source = tmp_path / "tree"
+    source.mkdir()
+    data = os.urandom(SIZE)
+    (source / "large").write_bytes(data)
+    (source / "small").write_bytes(b"small files are never copied")
+    home = tmp_path / "home"
+    return home, data, ingest(source, home)
+
+
+def plain_copy(home: Path, data: bytes) -> Path:
+    return home / "plain" / Digest.of(data).hex()
+
+
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + COPY_TIMEOUT
+    while not path.exists():
+        assert time.monotonic() < deadline, f"no plain copy at {path}"
+        time.sleep(0.05)
+
+
+def drop_page_cache() -> None:
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+
+
+def wait_released(mount: object, at_least: int) -> None:
+    """Until the daemon saw ``at_least`` RELEASEs (the kernel sends them after close)."""
+    deadline = time.monotonic() + 10
+    while status(mount)[1].get("RELEASE", 0) < at_least:  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, "the kernel sent no RELEASE"
+        time.sleep(0.05)
+
+
+def test_a_file_read_once_is_read_by_the_kernel_from_its_plain_copy(
+    tree: tuple[Path, bytes, str], tmp_path: Path
+) -> None:
+    home, data, digest = tree
+    expected = hashlib.sha256(data).digest()
+    with mounted(digest, tmp_path / "m", home) as m:
+        large = m.path / "large"
+        with open(large, "rb") as first:
+            assert hashlib.sha256(first.read()).digest() == expected
+            wait_for(plain_copy(home, data))
+            # The copy is there, but this inode is open through the page cache:
+            # a second open must be answered the same way, not refused.
+            with open(large, "rb") as second:
+                second.seek(SIZE - 5000)
+                assert second.read() == data[-5000:]
+        wait_released(m, 2)
+        drop_page_cache()
+        _, before = status(m)
+        with open(large, "rb") as third, open(large, "rb") as fourth:
+            assert hashlib.sha256(third.read()).digest() == expected
+            with mmap.mmap(fourth.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+                assert mapped[1_000_000:1_100_000] == data[1_000_000:1_100_000]
+            fourth.seek(12345)
+            assert fourth.read(54321) == data[12345 : 12345 + 54321]
+        _, after = status(m)
+        assert (m.path / "small").read_bytes() == b"small files are never copied"
+    if os.geteuid() == 0:
+        # Passthrough: the kernel read the backing file; no READ reached cafs.
+        assert after.get("READ", 0) == before.get("READ", 0), (before, after)
+    else:
+        # Without the privilege to register backing files, reads go through cafs.
+        assert after.get("READ", 0) > before.get("READ", 0)
+    assert not plain_copy(home, data).with_suffix(".tmp").exists()
+    assert sorted(os.listdir(home / "plain")) == [Digest.of(data).hex()]
+
+
+def test_plain_copies_can_be_turned_off(tree: tuple[Path, bytes, str], tmp_path: Path) -> None:
+    home, data, digest = tree
+    with mounted(digest, tmp_path / "m", home, "--plain-cache-size", "0") as m:
+        assert (m.path / "large").read_bytes() == data
+        time.sleep(1)
+    assert not plain_copy(home, data).exists()
+
+
+def test_nar_dump_reads_plain_copies_and_can_leave_them(
+    tree: tuple[Path, bytes, str], tmp_path: Path
+) -> None:
+    home, data, _ = tree
+    source = tmp_path / "pathtree"
+    source.mkdir()
+    (source / "large").write_bytes(data)
+    (source / "small").write_bytes(b"x" * 100)
+    store_path = cafs("import", str(source), home=home).stdout.strip()
+    plain = plain_copy(home, data)
+    before = cafs_bytes("nar", "dump", store_path, home=home)
+    assert not plain.exists()  # a plain dump leaves nothing behind
+    filled = cafs_bytes("nar", "dump", "--fill-plain-cache", store_path, home=home)
+    assert plain.exists()
+    # Read from the copy (sendfile), the NAR is the same, to a pipe and to a file.
+    after = cafs_bytes("nar", "dump", store_path, home=home)
+    assert before == filled == after
+    out = tmp_path / "out.nar"
+    with open(out, "wb") as f:
+        subprocess.run(
+            [*CAFS, "nar", "dump", store_path], env=store_env(home), stdout=f, check=True
+        )
+    assert out.read_bytes() == before
+    # A copy that no longer fits its file node is an error, never a wrong NAR.
+    plain.chmod(0o644)
+    with open(plain, "ab") as f:
+        f.write(b"!")
+    broken = subprocess.run(
+        [*CAFS, "nar", "dump", store_path], env=store_env(home), capture_output=True
+    )
+    assert broken.returncode != 0
+    assert b"holds" in broken.stderr
+
+
+def test_the_store_mount_uses_plain_copies_too(
+    tree: tuple[Path, bytes, str], tmp_path: Path
+) -> None:
+    home, data, _ = tree
+    source = tmp_path / "pathtree"
+    source.mkdir()
+    (source / "large").write_bytes(data)
+    store_path = cafs("import", str(source), home=home).stdout.strip()
+    cafs_bytes("nar", "dump", "--fill-plain-cache", store_path, home=home)
+    with mounted_store(tmp_path / "m", home) as m:
+        _, before = status(m)
+        large = m.path / os.path.basename(store_path) / "large"
+        assert hashlib.sha256(large.read_bytes()).digest() == hashlib.sha256(data).digest()
+        _, after = status(m)
+    if os.geteuid() == 0:
+        assert after.get("READ", 0) == before.get("READ", 0), (before, after)
