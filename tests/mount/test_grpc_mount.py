@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import blake3
 import pytest
 
 from tests.daemon import Daemon, file_services, running_daemon, socket_path, spawn_daemon
@@ -208,7 +209,14 @@ def test_castore_mount_over_a_unix_socket(served: Served, tmp_path: Path) -> Non
         digest = os.getxattr(m.path, "user.tvix.castore.directory.digest").decode()
         assert digest == served.digest
         assert m.process.poll() is None
-    assert not (tmp_path / "home").exists()
+    # No embedded store was made: the only local state is the plain copies of the large
+    # blobs read, each named by the digest of its bytes.
+    home = tmp_path / "home"
+    assert os.listdir(home) == ["plain"]
+    copies = list((home / "plain").iterdir())
+    assert copies
+    for copy in copies:
+        assert blake3.blake3(copy.read_bytes()).hexdigest() == copy.name
 
 
 def test_store_mount_over_a_unix_socket(served: Served, tmp_path: Path) -> None:
@@ -285,7 +293,14 @@ def test_cache_serves_what_it_kept_once_the_daemon_is_gone(served: Served, tmp_p
         with (
             mounted(served.digest, tmp_path / "cached", home, *castore_cache) as cached,
             mounted_store(tmp_path / "store", home, *store_cache) as store,
-            mounted(served.digest, tmp_path / "direct", home, *remote_args(far)) as direct,
+            mounted(
+                served.digest,
+                tmp_path / "direct",
+                home,
+                *remote_args(far),
+                "--plain-cache-size",
+                "0",  # no cache at all, not even plain copies of large blobs
+            ) as direct,
         ):
             assert_same_tree(served.tree, cached.path)
             for basename, source in served.store_paths.items():

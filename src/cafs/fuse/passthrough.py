@@ -69,9 +69,14 @@ class Passthrough:
         """The backing id each inode holds now (for a successor's journal)."""
         return {nodeid: entry.backing_id for nodeid, entry in self._backed.items()}
 
-    def open(self, nodeid: int, fh: int, path: str | None) -> int | None:
-        """The backing id to answer OPEN of ``fh`` with, or None for the page-cache path."""
-        backing_id = self._choose(nodeid, path)
+    def open(self, nodeid: int, fh: int, path: str | None, *, direct: bool = False) -> int | None:
+        """The backing id to answer OPEN of ``fh`` with, or None for the page-cache path.
+
+        A ``direct`` (O_DIRECT) open stays off the backing file where it can:
+        the backing file system would hold its reads to its block alignment,
+        which cafs's own path does not ask for.
+        """
+        backing_id = self._choose(nodeid, None if direct else path)
         self._files[fh] = (nodeid, backing_id is not None)
         if backing_id is None:
             self._cached[nodeid] = self._cached.get(nodeid, 0) + 1

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
@@ -481,7 +482,9 @@ class Session:
                 # follows is served by the kernel, one round trip fewer.
                 self._notify(notify_store(request.nodeid, 0, contents))
         if self.passthrough is not None:
-            backing_id = self.passthrough.open(request.nodeid, fh, self.fs.backing_file(fh))
+            backing_id = self.passthrough.open(
+                request.nodeid, fh, self.fs.backing_file(fh), direct=bool(flags & os.O_DIRECT)
+            )
             if backing_id is not None:
                 # The kernel reads this file from the backing file itself.
                 open_flags = OpenFlag.PASSTHROUGH | OpenFlag.NOFLUSH

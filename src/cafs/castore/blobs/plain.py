@@ -78,10 +78,13 @@ class PlainFiles:
         await self._evict()
 
     def _scan_sync(self) -> list[tuple[Digest, int]]:
-        self.root.mkdir(parents=True, exist_ok=True)
         found: list[tuple[float, Digest, int]] = []
         now = time.time()
-        with os.scandir(self.root) as entries:
+        try:
+            listing = os.scandir(self.root)
+        except FileNotFoundError:
+            return []  # made with the first copy
+        with listing as entries:
             for entry in entries:
                 try:
                     info = entry.stat(follow_symlinks=False)
