@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,8 +13,18 @@ from pathlib import Path
 import pytest
 
 from cafs.castore.digest import Digest
-from tests.mount.conftest import ingest, mounted, mounted_store
+from tests.mount.conftest import (
+    Corpus,
+    force_unmount,
+    ingest,
+    is_mounted,
+    mounted,
+    mounted_store,
+    require_fuse,
+    wait_mounted,
+)
 from tests.mount.test_protocol import status
+from tests.mount.test_takeover import start, wait_serving
 from tests.process import CAFS, cafs, cafs_bytes, store_env
 
 SIZE = 6 * 1024 * 1024 + 4321
@@ -150,3 +161,49 @@ def test_the_store_mount_uses_plain_copies_too(
         _, after = status(m)
     if os.geteuid() == 0:
         assert after.get("READ", 0) == before.get("READ", 0), (before, after)
+
+
+def test_a_successor_answers_opens_in_the_mode_its_predecessor_left(tmp_path: Path) -> None:
+    """After a takeover an inode open through a backing file keeps it, one open through the
+    page cache stays there: the kernel refuses an open in the other mode (EIO)."""
+    require_fuse()
+    source = tmp_path / "tree"
+    source.mkdir()
+    datas = {name: os.urandom(SIZE) for name in ("one", "two")}
+    for name, data in datas.items():
+        (source / name).write_bytes(data)
+    home = tmp_path / "home"
+    corpus = Corpus(source, home, ingest(source, home))
+    mountpoint, handover, log = tmp_path / "m", tmp_path / "handover", tmp_path / "mount.log"
+    mountpoint.mkdir()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        first = start(corpus, mountpoint, handover, log)
+        processes.append(first.process)
+        wait_mounted(first)
+        wait_serving(first, 1)
+        assert (mountpoint / "one").read_bytes() == datas["one"]
+        wait_for(plain_copy(home, datas["one"]))
+        with open(mountpoint / "one", "rb") as one, open(mountpoint / "two", "rb") as two:
+            # "one" is open through its backing file, "two" (no copy yet) through cafs.
+            assert two.read(1000) == datas["two"][:1000]
+            wait_for(plain_copy(home, datas["two"]))
+            second = start(corpus, mountpoint, handover, log, "--takeover")
+            processes.append(second.process)
+            assert first.process.wait(timeout=60) == 0
+            wait_serving(second, 2)
+            for name, data in datas.items():
+                assert (mountpoint / name).read_bytes() == data
+            assert one.read() == datas["one"]
+            assert two.read() == datas["two"][1000:]
+        assert "passthrough" not in second.stderr().lower(), second.stderr()
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=60) == 0
+        assert not is_mounted(mountpoint)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        force_unmount(mountpoint)
+        subprocess.run(["pkill", "-f", f"cafs.fuse.handover {handover}"], check=False)
