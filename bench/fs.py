@@ -31,6 +31,7 @@ import argparse
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from pathlib import Path
 from harness import (
     CAFS,
     COST_RATIO_NOTE,
+    BenchError,
     Medians,
     Stamp,
     add_corpus_options,
@@ -52,6 +54,7 @@ from harness import (
     lacks_root,
     memory_kib,
     mounted,
+    process_cpu_seconds,
     publish,
     random_reads,
     read_large,
@@ -69,6 +72,7 @@ from harness import (
 PACKAGES = {"squashfuse_ll": "squashfuse", "mksquashfs": "squashfs-tools", "bindfs": "bindfs"}
 PEERS = ["native", "squashfuse_ll", "bindfs", "cafs"]
 WORKDIR = Path("/var/tmp/cafs-bench-fs")
+PLAIN_COPY_TIMEOUT = 300.0
 
 
 def ensure_tools() -> None:
@@ -85,6 +89,9 @@ class Mounted:
 
     def peak_rss_kib(self) -> int | None:
         return None if self.process is None else memory_kib(self.process.pid)[0]
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.process is None else process_cpu_seconds(self.process.pid)
 
 
 class Peers:
@@ -104,7 +111,8 @@ class Peers:
         if peer == "cafs":
             command = [*CAFS, "castore", "mount", self.digest, str(mnt)]
             log = self.workdir / "cafs-mount.log"
-            with mounted(command, mnt, env=cafs_env(self.home), log=log, readahead=True) as daemon:
+            env = cafs_env(self.home, plain_copies=True)
+            with mounted(command, mnt, env=env, log=log, readahead=True) as daemon:
                 yield Mounted(mnt, daemon)
             return
         mnt.mkdir(exist_ok=True)
@@ -119,24 +127,64 @@ class Peers:
         finally:
             unmount(mnt)
 
+    def forget_plain_copies(self) -> None:
+        """Remove cafs's plain copies: the next read of a blob is its first."""
+        remove(self.home / "plain")
+
+    def wait_plain_copy(self, size: int, results: Medians) -> None:
+        """Until the plain copy of the large file is made (cafs makes it after a first read)."""
+        start = time.perf_counter()
+        while not any(p.stat().st_size == size for p in self.plain_copies()):
+            if time.perf_counter() - start > PLAIN_COPY_TIMEOUT:
+                raise BenchError(f"no plain copy of the large file after {PLAIN_COPY_TIMEOUT}s")
+            time.sleep(0.05)
+        results.add("cafs", "plain_copy_s", time.perf_counter() - start)
+
+    def plain_copies(self) -> list[Path]:
+        folder = self.home / "plain"
+        return list(folder.iterdir()) if folder.exists() else []
+
 
 def measure(
     peers: Peers, peer: str, files: list[str], size: int, seed: int, results: Medians
 ) -> None:
-    def cold(metric: str, work: Callable[[Path], float], warm: str | None = None) -> None:
+    def cold(
+        metric: str,
+        work: Callable[[Path], float],
+        warm: str | None = None,
+        between: Callable[[], None] | None = None,
+    ) -> None:
         with peers.mount(peer) as m:
             drop_caches()
+            cpu = m.cpu_seconds()
             results.add(peer, metric, work(m.root))
+            if cpu is not None:
+                results.add(peer, f"{metric}_cpu", m.cpu_seconds() - cpu)  # type: ignore[operator]
             if warm is not None:
+                if between is not None:
+                    between()
+                cpu = m.cpu_seconds()
                 results.add(peer, warm, work(m.root))
+                if cpu is not None:
+                    results.add(peer, f"{warm}_cpu", m.cpu_seconds() - cpu)  # type: ignore[operator]
             rss = m.peak_rss_kib()
             if rss is not None:
                 results.add(peer, "peak_rss_kib", rss)
 
+    def copied() -> None:
+        if peer == "cafs":
+            peers.wait_plain_copy(size, results)
+
     cold("walk_cold", walk, "walk_warm")
     cold("small_cold", lambda root: read_small(root, files))
-    cold("large_cold", lambda root: read_large(root, size), "large_warm")
+    # The first read of the large file, then (once cafs has its plain copy) again, warm;
+    # then on a new mount, cold, and random reads; then random reads of a file never read.
+    peers.forget_plain_copies()
+    cold("large_cold", lambda root: read_large(root, size), "large_warm", copied)
+    cold("large_again_cold", lambda root: read_large(root, size))
     cold("random_cold", lambda root: random_reads(root, size, seed))
+    peers.forget_plain_copies()
+    cold("random_first_cold", lambda root: random_reads(root, size, seed + 1000))
 
 
 def report(results: Medians, opts: argparse.Namespace, files: int, size: int) -> str:
@@ -147,6 +195,21 @@ def report(results: Medians, opts: argparse.Namespace, files: int, size: int) ->
         "",
         *cost_table(results, PEERS, ["squashfuse_ll", "native"]),
     ]
+    gib = size / 2**30
+    cpu = [
+        f"{label} {seconds / gib:.2f}"
+        for metric, label in [
+            ("large_cold_cpu", "first read, cold"),
+            ("large_warm_cpu", "warm"),
+            ("large_again_cold_cpu", "new mount, cold"),
+        ]
+        if (seconds := results.median("cafs", metric)) is not None
+    ]
+    if cpu:
+        lines += ["", "CPU seconds of the cafs daemon per GiB of the large file: " + ", ".join(cpu)]
+    copy = results.median("cafs", "plain_copy_s")
+    if copy is not None:
+        lines.append(f"The plain copy of the large file was ready {copy:.1f} s after its read.")
     rss = results.median("cafs", "peak_rss_kib")
     if rss is not None:
         lines.append("")

@@ -176,13 +176,17 @@ def apt_install(packages: Sequence[str]) -> None:
 # -- the environment for cafs ---------------------------------------------------------
 
 
-def cafs_env(home: Path) -> dict[str, str]:
+def cafs_env(home: Path, *, plain_copies: bool = False) -> dict[str, str]:
     """This process's environment for a cafs command on the embedded store under ``home``.
 
-    ``CAFS_HOME`` is set; the variables of ``CAFS_ENV_DROP`` are removed.
+    ``CAFS_HOME`` is set; the variables of ``CAFS_ENV_DROP`` are removed. Plain
+    copies of large blobs (``$CAFS_HOME/plain``) are off unless ``plain_copies``:
+    a benchmark of a backend must not read them instead of the backend.
     """
     env = {k: v for k, v in os.environ.items() if k not in CAFS_ENV_DROP}
     env["CAFS_HOME"] = str(home)
+    if not plain_copies:
+        env["CAFS_PLAIN_CACHE_SIZE"] = "0"
     return env
 
 
@@ -403,7 +407,9 @@ METRICS: list[tuple[str, str, bool]] = [
     ("small_cold", "read every small file, cold (s)", False),
     ("large_cold", "large file sequential read, cold (MB/s)", True),
     ("large_warm", "large file sequential read, warm (MB/s)", True),
+    ("large_again_cold", "large file read again, new mount, cold (MB/s)", True),
     ("random_cold", "random 4 KiB reads, cold (ops/s)", True),
+    ("random_first_cold", "random 4 KiB reads, cold, file never read (ops/s)", True),
 ]
 """The figures of the filesystem workloads, in table order."""
 
@@ -476,6 +482,12 @@ class Medians:
     def median(self, subject: str, metric: str) -> float | None:
         got = self.values.get((subject, metric))
         return statistics.median(got) if got else None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
