@@ -152,7 +152,7 @@ def measure(
         metric: str,
         work: Callable[[Path], float],
         warm: str | None = None,
-        between: Callable[[], None] | None = None,
+        between: Callable[[Path], None] | None = None,
     ) -> None:
         with peers.mount(peer) as m:
             drop_caches()
@@ -162,7 +162,7 @@ def measure(
                 results.add(peer, f"{metric}_cpu", m.cpu_seconds() - cpu)  # type: ignore[operator]
             if warm is not None:
                 if between is not None:
-                    between()
+                    between(m.root)
                 cpu = m.cpu_seconds()
                 results.add(peer, warm, work(m.root))
                 if cpu is not None:
@@ -171,16 +171,19 @@ def measure(
             if rss is not None:
                 results.add(peer, "peak_rss_kib", rss)
 
-    def copied() -> None:
+    def settle(root: Path) -> None:
+        # Warm means in the page cache: cafs's plain copy was just made and its pages
+        # dropped, so the first read of it fills the cache (every peer reads once here).
         if peer == "cafs":
             peers.wait_plain_copy(size, results)
+        read_large(root, size)
 
     cold("walk_cold", walk, "walk_warm")
     cold("small_cold", lambda root: read_small(root, files))
     # The first read of the large file, then (once cafs has its plain copy) again, warm;
     # then on a new mount, cold, and random reads; then random reads of a file never read.
     peers.forget_plain_copies()
-    cold("large_cold", lambda root: read_large(root, size), "large_warm", copied)
+    cold("large_cold", lambda root: read_large(root, size), "large_warm", settle)
     cold("large_again_cold", lambda root: read_large(root, size))
     cold("random_cold", lambda root: random_reads(root, size, seed))
     peers.forget_plain_copies()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -53,30 +54,55 @@ class IngestedNar:
     nar_sha256: bytes
 
 
+LOOKAHEAD = SMALL_FILE + 16 * 1024
+"""Bytes buffered before an entry is parsed: its longest stretch without large contents
+(keywords, a name of at most 255 bytes, a symlink target of at most 4,096, small contents)."""
+
+
 class _Input:
-    """Buffered reads from the source, hashing and counting every byte."""
+    """Buffered reads from the source, hashing and counting every byte.
+
+    The archive's structure is parsed synchronously from the buffer (an
+    ``await`` per token would cost more than the parse itself): ``fill``
+    buffers ``LOOKAHEAD`` bytes before each entry, so a token that is not in
+    the buffer is past the end of the stream. SHA-256 runs on a thread of its
+    own, beside the parse.
+    """
 
     def __init__(self, source: ByteSource) -> None:
         self._source = source
         self._buffer = bytearray()
         self._position = 0  # of the first unread byte in the buffer
         self._hasher = hashlib.sha256()
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="nar-sha256")
+        self._hashed: asyncio.Future[None] | None = None
+        self._ended = False
         self.consumed = 0
 
     @property
     def _available(self) -> int:
         return len(self._buffer) - self._position
 
-    async def _fill(self) -> bool:
+    async def _read(self) -> bool:
+        if self._ended:
+            return False
         block = await self._source(READ_BLOCK)
         if not block:
+            self._ended = True
             return False
-        self._hasher.update(block)
+        # One worker: the updates run in the order of the blocks.
+        loop = asyncio.get_running_loop()
+        self._hashed = loop.run_in_executor(self._hashing, self._hasher.update, block)
         if self._position:
             del self._buffer[: self._position]
             self._position = 0
         self._buffer += block
         return True
+
+    async def fill(self, n: int = LOOKAHEAD) -> None:
+        """Buffer at least ``n`` bytes, or all that is left of the stream."""
+        while self._available < n and await self._read():
+            pass
 
     def _slice(self, n: int) -> bytes:
         data = bytes(self._buffer[self._position : self._position + n])
@@ -84,50 +110,56 @@ class _Input:
         self.consumed += len(data)
         return data
 
-    async def take(self, n: int, what: str) -> bytes:
-        """Exactly ``n`` bytes; the end of the stream first is a truncated archive."""
-        while self._available < n:
-            if not await self._fill():
+    def take(self, n: int, what: str) -> bytes:
+        """Exactly ``n`` bytes of what ``fill`` buffered."""
+        if self._available < n:
+            if self._ended:
                 raise NarError(f"NAR is truncated: it ends inside {what}")
+            raise NarError(f"NAR is malformed: {what} is longer than the format allows")
         return self._slice(n)
 
     async def piece(self, n: int, what: str) -> bytes:
         """Up to ``n`` bytes, at least one: what is at hand (for streaming large contents)."""
-        if not self._available and not await self._fill():
+        if not self._available and not await self._read():
             raise NarError(f"NAR is truncated: it ends inside {what}")
         return self._slice(min(n, self._available))
 
     async def at_end(self) -> bool:
-        return not self._available and not await self._fill()
+        return not self._available and not await self._read()
 
-    def sha256(self) -> bytes:
+    async def sha256(self) -> bytes:
+        if self._hashed is not None:
+            await self._hashed
         return self._hasher.digest()
+
+    def close(self) -> None:
+        self._hashing.shutdown(wait=False)
 
     # -- NAR strings ----------------------------------------------------------
 
-    async def length(self, what: str) -> int:
-        return nar.decode_u64(await self.take(8, what))
+    def length(self, what: str) -> int:
+        return nar.decode_u64(self.take(8, what))
 
-    async def padding(self, length: int, what: str) -> None:
+    def padding(self, length: int, what: str) -> None:
         pad = nar.padding(length)
-        if pad and await self.take(pad, what) != b"\0" * pad:
+        if pad and self.take(pad, what) != b"\0" * pad:
             raise NarError(f"NAR is malformed: non-zero padding after {what}")
 
-    async def string(self, limit: int, what: str) -> bytes:
+    def string(self, limit: int, what: str) -> bytes:
         """A NAR string of at most ``limit`` bytes (checked before reading it)."""
         at = self.consumed
-        length = await self.length(what)
+        length = self.length(what)
         if length > limit:
             raise NarError(
                 f"NAR is malformed at byte {at}: {what} of {length} bytes, the limit is {limit}"
             )
-        value = await self.take(length, what)
-        await self.padding(length, what)
+        value = self.take(length, what)
+        self.padding(length, what)
         return value
 
-    async def keyword(self, *expected: str) -> str:
+    def keyword(self, *expected: str) -> str:
         at = self.consumed
-        word = await self.string(nar.MAX_KEYWORD_LENGTH, "a keyword")
+        word = self.string(nar.MAX_KEYWORD_LENGTH, "a keyword")
         text = word.decode(errors="backslashreplace")
         if text not in expected:
             wanted = " or ".join(repr(e) for e in expected)
@@ -145,14 +177,20 @@ class _Blobs:
         self._batch_bytes = 0
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def small(self, data: bytes) -> Digest:
+    def small(self, data: bytes) -> Digest:
+        """Queue a small file for the next batch (stored once ``flush_if_due`` says so)."""
         digest = Digest.of(data)
         self._batch.append(data)
         self._digests.append(digest)
         self._batch_bytes += len(data)
-        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
-            await self._flush()
         return digest
+
+    def due(self) -> bool:
+        """Whether the queued small files make a batch to store now (``flush``)."""
+        return len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES
+
+    async def flush(self) -> None:
+        await self._flush()
 
     async def _flush(self) -> None:
         if not self._batch:
@@ -215,51 +253,72 @@ def _join(path: str, name: bytes) -> str:
     return f"{path}/{display_name(name)}" if path else display_name(name)
 
 
-async def _leaf_or_directory(
-    source: _Input, blobs: _Blobs, path: str
-) -> tuple[Node | None, _Frame | None]:
-    """Read a node's body after ``(`` ``type``: a leaf node, or a new directory frame."""
+@dataclass(frozen=True, slots=True)
+class _Large:
+    """A file whose contents are to be streamed from the source into a blob."""
+
+    size: int
+    executable: bool
+    what: str
+
+
+def _node_body(source: _Input, blobs: _Blobs, path: str) -> Node | _Frame | _Large:
+    """A node's body after ``(`` ``type``: a leaf, a new directory frame, or large contents
+    to stream (the source stands at their first byte)."""
     where = repr(path) if path else "the root"
-    kind = await source.keyword("regular", "symlink", "directory")
+    kind = source.keyword("regular", "symlink", "directory")
     if kind == "directory":
-        return None, _Frame(path, [])
+        return _Frame(path, [])
     if kind == "symlink":
-        await source.keyword("target")
-        target = await source.string(4096, f"the symlink target of {where}")
+        source.keyword("target")
+        target = source.string(4096, f"the symlink target of {where}")
         problem = symlink_target_problem(target)
         if problem is not None:
             raise NarError(f"NAR is malformed: {where}: {problem}")
-        await source.keyword(")")
-        return SymlinkNode(target), None
-    executable = await source.keyword("executable", "contents") == "executable"
+        source.keyword(")")
+        return SymlinkNode(target)
+    executable = source.keyword("executable", "contents") == "executable"
     if executable:
-        await source.string(0, "the executable marker")  # a limit of 0: it must be empty
-        await source.keyword("contents")
-    size = await source.length(f"the contents of {where}")
+        source.string(0, "the executable marker")  # a limit of 0: it must be empty
+        source.keyword("contents")
     what = f"the contents of {where}"
-    if size <= SMALL_FILE:
-        digest = await blobs.small(await source.take(size, what))
-    else:
-        digest = await blobs.large(source, size, what)
-    await source.padding(size, what)
-    await source.keyword(")")
-    return FileNode(digest, size, executable), None
+    size = source.length(what)
+    if size > SMALL_FILE:
+        return _Large(size, executable, what)
+    digest = blobs.small(source.take(size, what))
+    source.padding(size, what)
+    source.keyword(")")
+    return FileNode(digest, size, executable)
+
+
+async def _stream_large(source: _Input, blobs: _Blobs, large: _Large) -> FileNode:
+    digest = await blobs.large(source, large.size, large.what)
+    await source.fill()
+    source.padding(large.size, large.what)
+    source.keyword(")")
+    return FileNode(digest, large.size, large.executable)
 
 
 async def _parse(source: _Input, blobs: _Blobs) -> tuple[Node, list[Directory]]:
-    await source.keyword(nar.MAGIC)
-    await source.keyword("(")
-    await source.keyword("type")
-    node, frame = await _leaf_or_directory(source, blobs, "")
-    if frame is None:
-        assert node is not None
-        return node, []
+    await source.fill()
+    source.keyword(nar.MAGIC)
+    source.keyword("(")
+    source.keyword("type")
+    body = _node_body(source, blobs, "")
+    if isinstance(body, _Large):
+        body = await _stream_large(source, blobs, body)
+    if not isinstance(body, _Frame):
+        return body, []
     directories: list[Directory] = []
     seen: set[Digest] = set()
-    stack = [frame]
+    stack = [body]
     while True:
+        # One wait per entry: for input, and for a batch of small files to be taken.
+        await source.fill()
+        if blobs.due():
+            await blobs.flush()
         top = stack[-1]
-        word = await source.keyword("entry", ")")
+        word = source.keyword("entry", ")")
         if word == ")":
             # The directory is complete.
             stack.pop()
@@ -276,11 +335,11 @@ async def _parse(source: _Input, blobs: _Blobs) -> tuple[Node, list[Directory]]:
             assert parent.pending_name is not None
             parent.entries.append((parent.pending_name, directory.as_node()))
             parent.pending_name = None
-            await source.keyword(")")  # closes the entry
+            source.keyword(")")  # closes the entry
             continue
-        await source.keyword("(")
-        await source.keyword("name")
-        name = await source.string(MAX_NAME_LENGTH, f"an entry name in {top.path or 'the root'}")
+        source.keyword("(")
+        source.keyword("name")
+        name = source.string(MAX_NAME_LENGTH, f"an entry name in {top.path or 'the root'}")
         problem = name_problem(name)
         if problem is not None:
             raise NarError(f"NAR is malformed: in {top.path or 'the root'}: {problem}")
@@ -291,18 +350,18 @@ async def _parse(source: _Input, blobs: _Blobs) -> tuple[Node, list[Directory]]:
                 f"(after {display_name(top.last_name)!r})"
             )
         top.last_name = name
-        await source.keyword("node")
-        await source.keyword("(")
-        await source.keyword("type")
-        child_path = _join(top.path, name)
-        node, frame = await _leaf_or_directory(source, blobs, child_path)
-        if frame is not None:
+        source.keyword("node")
+        source.keyword("(")
+        source.keyword("type")
+        body = _node_body(source, blobs, _join(top.path, name))
+        if isinstance(body, _Frame):
             top.pending_name = name
-            stack.append(frame)
+            stack.append(body)
             continue
-        assert node is not None
-        top.entries.append((name, node))
-        await source.keyword(")")  # closes the entry
+        if isinstance(body, _Large):
+            body = await _stream_large(source, blobs, body)
+        top.entries.append((name, body))
+        source.keyword(")")  # closes the entry
 
 
 async def ingest_nar(
@@ -314,18 +373,21 @@ async def ingest_nar(
     stream = _Input(source)
     store = _Blobs(blobs)
     try:
-        node, closure = await _parse(stream, store)
-        if not await stream.at_end():
-            raise NarError(
-                f"NAR is malformed: data follows the archive's end at byte {stream.consumed}"
-            )
-        await store.finish()
-    except BaseException:
-        await store.cancel()
-        raise
-    if closure:
-        await directories.put_many(closure)
-    return IngestedNar(node, stream.consumed, stream.sha256())
+        try:
+            node, closure = await _parse(stream, store)
+            if not await stream.at_end():
+                raise NarError(
+                    f"NAR is malformed: data follows the archive's end at byte {stream.consumed}"
+                )
+            await store.finish()
+        except BaseException:
+            await store.cancel()
+            raise
+        if closure:
+            await directories.put_many(closure)
+        return IngestedNar(node, stream.consumed, await stream.sha256())
+    finally:
+        stream.close()
 
 
 def bytes_source(data: bytes) -> ByteSource:
