@@ -75,18 +75,22 @@ def test_a_file_read_once_is_read_by_the_kernel_from_its_plain_copy(
     with mounted(digest, tmp_path / "m", home) as m:
         large = m.path / "large"
         with open(large, "rb") as first:
-            assert hashlib.sha256(first.read()).digest() == expected
+            assert first.read(1000) == data[:1000]
+            with open(large, "rb") as second:
+                assert hashlib.sha256(second.read()).digest() == expected
+            # A copy is made once a reader is done with the blob.
             wait_for(plain_copy(home, data))
             # The copy is there, but this inode is open through the page cache:
-            # a second open must be answered the same way, not refused.
-            with open(large, "rb") as second:
-                second.seek(SIZE - 5000)
-                assert second.read() == data[-5000:]
-        wait_released(m, 2)
+            # another open must be answered the same way, not refused.
+            with open(large, "rb") as third:
+                third.seek(SIZE - 5000)
+                assert third.read() == data[-5000:]
+            assert first.read() == data[1000:]
+        wait_released(m, 3)
         drop_page_cache()
         _, before = status(m)
-        with open(large, "rb") as third, open(large, "rb") as fourth:
-            assert hashlib.sha256(third.read()).digest() == expected
+        with open(large, "rb") as again, open(large, "rb") as fourth:
+            assert hashlib.sha256(again.read()).digest() == expected
             with mmap.mmap(fourth.fileno(), 0, prot=mmap.PROT_READ) as mapped:
                 assert mapped[1_000_000:1_100_000] == data[1_000_000:1_100_000]
             fourth.seek(12345)
@@ -187,6 +191,7 @@ def test_a_successor_answers_opens_in_the_mode_its_predecessor_left(tmp_path: Pa
         with open(mountpoint / "one", "rb") as one, open(mountpoint / "two", "rb") as two:
             # "one" is open through its backing file, "two" (no copy yet) through cafs.
             assert two.read(1000) == datas["two"][:1000]
+            assert (mountpoint / "two").read_bytes() == datas["two"]
             wait_for(plain_copy(home, datas["two"]))
             second = start(corpus, mountpoint, handover, log, "--takeover")
             processes.append(second.process)
