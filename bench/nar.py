@@ -106,6 +106,8 @@ CORPORA = ("large", "tree")
 OPERATIONS = [
     ("render-warm", "NAR render, warm"),
     ("render-cold", "NAR render, cold"),
+    ("render-warm-plain", "NAR render, warm, plain copies"),
+    ("render-cold-plain", "NAR render, cold, plain copies"),
     ("ingest", "NAR ingest"),
     ("ingest-sync", "NAR ingest, Nix + `sync`"),
 ]
@@ -187,6 +189,11 @@ class Row(Timings):
     def peak_rss_mib(self) -> float | None:
         known = [s.max_rss_kib for s in self.samples if s.max_rss_kib is not None]
         return max(known) / 1024 if known else None
+
+    @property
+    def cpu_s_per_gib(self) -> float:
+        """Median CPU seconds per GiB of NAR."""
+        return statistics.median(s.cpu_seconds for s in self.samples) / (self.nbytes / 2**30)
 
 
 @dataclass
@@ -371,6 +378,13 @@ class NarBench(OwnedWorkdir):
             "nix-store --dump": stream_sha256(["nix-store", "--dump", c.path]),
             "cafs nar dump": stream_sha256([*CAFS, "nar", "dump", c.store_path], env),
         }
+        if self.has_large_files(c):
+            # Plain copies of the large files, then a dump that reads them.
+            plain_env = cafs_env(home, plain_copies=True)
+            fill = [*CAFS, "nar", "dump", "--fill-plain-cache", c.store_path]
+            renders["cafs nar dump --fill-plain-cache"] = stream_sha256(fill, plain_env)
+            dump = [*CAFS, "nar", "dump", c.store_path]
+            renders["cafs nar dump, plain copies"] = stream_sha256(dump, plain_env)
         if set(renders.values()) != {(size, digest)}:
             raise BenchError(
                 f"FAILED: the NARs of {c.name} differ (bytes, sha256): {renders}; "
@@ -399,7 +413,7 @@ class NarBench(OwnedWorkdir):
 
     def render_nix(self, c: Corpus, operation: str | None) -> ProcessSample:
         os.sync()
-        if operation == "render-cold":
+        if operation is not None and operation.startswith("render-cold"):
             drop_caches()
         sample = timed(["nix-store", "--dump", c.path])
         if operation is not None:
@@ -408,10 +422,16 @@ class NarBench(OwnedWorkdir):
             self.log(c, f"{operation} nix-store --dump", sample)
         return sample
 
-    def render_cafs(self, c: Corpus, operation: str | None) -> ProcessSample:
-        env = cafs_env(self.home(c.name, "render"))
+    @staticmethod
+    def has_large_files(c: Corpus) -> bool:
+        """Whether ``c`` holds files large enough for plain copies (cafs keeps none of less)."""
+        return c.name == "large"
+
+    def render_cafs(self, c: Corpus, operation: str | None, plain: bool = False) -> ProcessSample:
+        plain = plain or (operation is not None and operation.endswith("-plain"))
+        env = cafs_env(self.home(c.name, "render"), plain_copies=plain)
         os.sync()
-        if operation == "render-cold":
+        if operation is not None and operation.startswith("render-cold"):
             drop_caches()
         sample = timed([*CAFS, "nar", "dump", c.store_path], env=env)
         if operation is not None:
@@ -498,15 +518,22 @@ class NarBench(OwnedWorkdir):
             for c in corpora:
                 self.render_nix(c, None)  # untimed: fills the page cache
                 self.render_cafs(c, None)
+                if self.has_large_files(c):
+                    self.render_cafs(c, None, plain=True)
+                warm = ["render-warm"] + (["render-warm-plain"] if self.has_large_files(c) else [])
                 for _ in range(runs):
-                    self.render_nix(c, "render-warm")
-                    self.render_cafs(c, "render-warm")
+                    for operation in warm:
+                        self.render_nix(c, operation)
+                        self.render_cafs(c, operation)
             if self.cold_note is None:
                 print("NAR render, cold", file=sys.stderr, flush=True)
                 for c in corpora:
+                    cold = ["render-cold"]
+                    cold += ["render-cold-plain"] if self.has_large_files(c) else []
                     for _ in range(runs):
-                        self.render_nix(c, "render-cold")
-                        self.render_cafs(c, "render-cold")
+                        for operation in cold:
+                            self.render_nix(c, operation)
+                            self.render_cafs(c, operation)
             print("NAR ingest", file=sys.stderr, flush=True)
             timed([*CAFS, "--version"])  # the interpreter and modules back in the cache
             # Every run writes to its own directory, all deleted only at the end: on ext4
@@ -577,8 +604,9 @@ def report(bench: NarBench, command: str, machine: Machine) -> str:
         )
         add("")
         header = ["Measurement", "Nix s", "Nix MB/s", "cafs s", "cafs MB/s", "cafs ÷ Nix",
-                  "Target", "Nix CPU", "cafs CPU", "Nix RSS MiB", "cafs RSS MiB"]  # fmt: skip
-        out += table(header, align="lrrrrrlrrrr")
+                  "Target", "Nix CPU", "cafs CPU", "Nix CPU s/GiB", "cafs CPU s/GiB",
+                  "Nix RSS MiB", "cafs RSS MiB"]  # fmt: skip
+        out += table(header, align="lrrrrrlrrrrrr")
         for operation, label in OPERATIONS:
             nix = bench.rows.get((c.name, operation, "nix"))
             cafs = bench.rows.get((c.name, operation, "cafs"))
@@ -588,7 +616,8 @@ def report(bench: NarBench, command: str, machine: Machine) -> str:
             both = (nix, cafs)
             cells = [label, *(f for r in both for f in (f"{r.seconds:.2f}", f"{r.mb_per_s:,.1f}"))]
             cells += [f"{ratio:.2f}", "met" if ratio >= 1 else "NOT met"]
-            cells += [f"{r.cpu_percent:.0f}%" for r in both] + [_mib(r.peak_rss_mib) for r in both]
+            cells += [f"{r.cpu_percent:.0f}%" for r in both]
+            cells += [f"{r.cpu_s_per_gib:.2f}" for r in both] + [_mib(r.peak_rss_mib) for r in both]
             add(table_row(cells))
     add("")
     add("All runs (seconds):")
