@@ -14,7 +14,7 @@ VM_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static gcc libc6-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc bench-virtiofs bench-s3 bench-faults clean system-vm fuzz
+.PHONY: all system venv demo test lint typecheck protos protos-check bench bench-fs bench-nar bench-grpc bench-virtiofs bench-s3 bench-faults bench-layout clean system-vm fuzz
 
 all: test
 
@@ -74,6 +74,9 @@ clean:
 
 bench-nar: venv
 	$(BIN)/python bench/nar.py
+
+bench-layout: venv
+	$(BIN)/python bench/layout_floor.py
 
 bench-grpc: venv
 	$(BIN)/python bench/grpc_castore.py

@@ -9,7 +9,6 @@ import click
 
 from cafs.castore.digest import Digest
 from cafs.castore.directory import Directory
-from cafs.castore.ingest import ingest_path
 from cafs.castore.nodes import DirectoryNode, FileNode, Node
 from cafs.castore.services import CastoreServices
 from cafs.cli.common import (
@@ -24,7 +23,6 @@ from cafs.cli.common import (
 )
 from cafs.errors import CafsError
 from cafs.fs.root_nodes import DirectoryRootNodes
-from cafs.progress import ingest_progress
 
 
 @click.group()
@@ -49,6 +47,9 @@ async def castore_ingest(
     paths: tuple[str, ...], blob_service_addr: str | None, directory_service_addr: str | None
 ) -> None:
     """Import files, symlinks or directory trees; print each root node."""
+    # Imported here: the other commands start faster without the ingest path.
+    from cafs.castore.ingest import ingest_path
+    from cafs.progress import ingest_progress
 
     async def body(services: CastoreServices) -> None:
         for path in paths:

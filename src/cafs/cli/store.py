@@ -29,10 +29,6 @@ from cafs.cli.common import (
     using,
 )
 from cafs.errors import NarError
-from cafs.progress import count_progress, ingest_progress
-from cafs.store.copy import copy_closure, read_closure
-from cafs.store.importer import import_nar, import_path
-from cafs.store.nar.ingest import file_source
 from cafs.store.nar.render import FileRange, render_nar_pieces
 from cafs.store.pathinfo import PathInfo
 from cafs.store.root_nodes import PathInfoRootNodes
@@ -154,6 +150,9 @@ async def import_command(
     path_info_service_addr: str | None,
 ) -> None:
     """Add trees, files or symlinks as store paths, as `nix-store --add` does; print each."""
+    # Imported here: only the commands that import need the ingest path.
+    from cafs.progress import ingest_progress
+    from cafs.store.importer import import_path
 
     async def body(services: StoreServices) -> None:
         for path in paths:
@@ -177,6 +176,9 @@ async def copy_command(
     path_info_service_addr: str | None,
 ) -> None:
     """Copy the closure listed by exportReferencesGraph from /nix/store; print each copied path."""
+    from cafs.progress import count_progress
+    from cafs.store.copy import copy_closure, read_closure
+
     entries = read_closure(nix_attrs_json_file)
 
     async def body(services: StoreServices) -> None:
@@ -254,6 +256,9 @@ async def nar_import(
     path_info_service_addr: str | None,
 ) -> None:
     """Add the tree of a NAR file (- for standard input) as a store path; print it."""
+    from cafs.store.importer import import_nar
+    from cafs.store.nar.ingest import file_source
+
     if name is None:
         if nar_file == "-":
             raise click.UsageError("--name is needed when the NAR comes from standard input")

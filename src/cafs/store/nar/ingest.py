@@ -84,15 +84,10 @@ class _Input:
         return len(self._buffer) - self._position
 
     async def _read(self) -> bool:
-        if self._ended:
-            return False
-        block = await self._source(READ_BLOCK)
+        # One hashing worker: the updates run in the order of the blocks.
+        block = await self._block()
         if not block:
-            self._ended = True
             return False
-        # One worker: the updates run in the order of the blocks.
-        loop = asyncio.get_running_loop()
-        self._hashed = loop.run_in_executor(self._hashing, self._hasher.update, block)
         if self._position:
             del self._buffer[: self._position]
             self._position = 0
@@ -119,10 +114,34 @@ class _Input:
         return self._slice(n)
 
     async def piece(self, n: int, what: str) -> bytes:
-        """Up to ``n`` bytes, at least one: what is at hand (for streaming large contents)."""
-        if not self._available and not await self._read():
+        """Up to ``n`` bytes, at least one: what is at hand (for streaming large contents).
+
+        Once the buffer is used up, blocks of the source are handed on as they
+        came, not copied through the buffer.
+        """
+        if self._available:
+            return self._slice(min(n, self._available))
+        block = await self._block()
+        if not block:
             raise NarError(f"NAR is truncated: it ends inside {what}")
-        return self._slice(min(n, self._available))
+        if len(block) > n:
+            self._buffer[:] = block[n:]
+            self._position = 0
+            block = block[:n]
+        self.consumed += len(block)
+        return block
+
+    async def _block(self) -> bytes:
+        """The source's next block, hashed; empty at the end."""
+        if self._ended:
+            return b""
+        block = await self._source(READ_BLOCK)
+        if not block:
+            self._ended = True
+            return b""
+        loop = asyncio.get_running_loop()
+        self._hashed = loop.run_in_executor(self._hashing, self._hasher.update, block)
+        return block
 
     async def at_end(self) -> bool:
         return not self._available and not await self._read()
