@@ -147,6 +147,17 @@ def test_nar_dump_reads_plain_copies_and_can_leave_them(
     )
     assert broken.returncode != 0
     assert b"holds" in broken.stderr
+    # A copy is trusted as the disk holds it: `cafs verify` hashes every copy, and
+    # `--repair` removes a bad one (the store itself still has the blob).
+    plain.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    verify = cafs("verify", home=home, check=False)
+    assert verify.returncode == 5, verify
+    assert f"plain\t{Digest.of(data).hex()}\tdoes not hash to its name" in verify.stdout
+    repaired = cafs("verify", "--repair", home=home, check=False)
+    assert "removed 1 corrupt plain copies" in repaired.stderr
+    assert not plain.exists()
+    assert cafs("verify", home=home).returncode == 0
+    assert cafs_bytes("nar", "dump", store_path, home=home) == before
 
 
 def test_the_store_mount_uses_plain_copies_too(

@@ -7,9 +7,11 @@ from collections import Counter
 
 import click
 
+from cafs.castore.blobs.plain import PlainFiles
 from cafs.castore.maintenance import DEFAULT_GRACE, Problem
 from cafs.cli.common import run_async, using
 from cafs.cli.store import store_service_options
+from cafs.config import store_home
 from cafs.errors import IntegrityError
 from cafs.store.maintenance import collect_garbage, verify_store
 from cafs.store.services import StoreServices
@@ -115,8 +117,20 @@ async def verify_command(
         click.echo(f"checked {result.checked} objects, {len(result.problems)} problems", err=True)
         if result.repaired:
             click.echo(f"removed {result.repaired} corrupt objects from near caches", err=True)
-        if result.problems:
-            raise IntegrityError(f"{len(result.problems)} problems found")
+        bad: list[Problem] = []
+
+        def plain_problem(problem: Problem) -> None:
+            bad.append(problem)
+            report(problem)
+
+        plain = PlainFiles(store_home() / "plain", limit=1 << 62)  # check, never evict
+        copies, removed = await plain.verify(plain_problem, repair)
+        if copies:
+            click.echo(f"checked {copies} plain copies, {len(bad)} problems", err=True)
+        if removed:
+            click.echo(f"removed {removed} corrupt plain copies", err=True)
+        if result.problems or bad:
+            raise IntegrityError(f"{len(result.problems) + len(bad)} problems found")
 
     services = StoreServices.from_addrs(
         blob_service_addr, directory_service_addr, path_info_service_addr

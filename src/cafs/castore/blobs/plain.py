@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import blake3
@@ -31,6 +31,7 @@ import blake3
 from cafs import counters
 from cafs.castore.blobs.base import BlobReader, BlobService, BlobWriter, ChunkMeta
 from cafs.castore.digest import Digest
+from cafs.castore.maintenance import Problem
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,30 @@ class PlainFiles:
         size = self._index.pop(digest, None)
         if size is not None:
             self._bytes -= size
+
+    async def verify(self, report: Callable[[Problem], None], repair: bool) -> tuple[int, int]:
+        """Hash every copy against its name: (copies checked, copies removed by ``repair``).
+
+        A copy is trusted as the disk holds it (whoever can write here can
+        change what a mount serves), so this is how a bad one is found.
+        """
+        await self.load()
+        checked = removed = 0
+        for digest in list(self._index):
+            path = self.path(digest)
+            try:
+                actual = await asyncio.to_thread(_hash_file, path)
+            except FileNotFoundError:
+                continue
+            checked += 1
+            if actual == digest:
+                continue
+            report(Problem("plain", digest.hex(), "does not hash to its name"))
+            if repair:
+                self.vanished(digest)
+                await asyncio.to_thread(_unlink_all, [path])
+                removed += 1
+        return checked, removed
 
     # -- making copies ------------------------------------------------------------------
 
@@ -253,6 +278,12 @@ class _Target:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.temporary)
             self.temporary = None
+
+
+def _hash_file(path: str) -> bytes:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(path)
+    return hasher.digest()
 
 
 def _touch(path: str) -> None:
