@@ -21,6 +21,7 @@ import pytest
 import zstandard
 from aiohttp.test_utils import TestServer
 
+from cafs.castore.blobs.plain import PlainFileBlobService, PlainFiles
 from cafs.http.nar_bridge import BridgeOptions, NarBridge
 from cafs.store import nixbase32
 from cafs.store.importer import import_path
@@ -73,9 +74,15 @@ async def bridge_factory(
 ) -> AsyncIterator[object]:
     started: list[tuple[TestServer, aiohttp.ClientSession, StoreServices]] = []
 
-    async def start(options: BridgeOptions | None = None, empty: bool = False) -> Bridge:
+    async def start(
+        options: BridgeOptions | None = None, empty: bool = False, plain: Path | None = None
+    ) -> Bridge:
         services = StoreServices.from_addrs("memory://", "memory://", "memory://")
         await services.connect()
+        if plain is not None:
+            # As `cafs nar-bridge` serves: large blobs from plain copies, made as it goes.
+            services.blobs = PlainFileBlobService(services.blobs, PlainFiles(plain, 1 << 30))
+            await services.blobs.connect()
         info = None
         nar = b""
         if not empty:
@@ -171,6 +178,25 @@ async def test_the_nar_whole_and_by_range(bridge_factory) -> None:  # type: igno
     assert status == 416 and headers["Content-Range"] == f"bytes */{len(nar)}"
     async with bridge.http.head(bridge.url + url) as response:
         assert response.status == 200 and response.headers["Content-Length"] == str(len(nar))
+
+
+async def test_large_files_are_served_from_their_plain_copies(  # type: ignore[no-untyped-def]
+    bridge_factory, tmp_path: Path
+) -> None:
+    bridge = await bridge_factory(plain=tmp_path / "plain")
+    url = "/" + (await narinfo_of(bridge)).url
+    status, _, body = await bridge.get(url)
+    assert status == 200 and body == bridge.nar
+    blobs = bridge.services.blobs
+    assert isinstance(blobs, PlainFileBlobService)
+    await blobs.plain.wait()
+    copies = list((tmp_path / "plain").iterdir())
+    assert [c.stat().st_size for c in copies] == [3 * 1024 * 1024 + 17]
+    status, _, again = await bridge.get(url)
+    assert status == 200 and again == bridge.nar
+    middle = len(bridge.nar) // 2
+    status, _, part = await bridge.get(url, headers={"Range": f"bytes={middle}-{middle + 9999}"})
+    assert status == 206 and part == bridge.nar[middle : middle + 10_000]
 
 
 async def test_nar_urls_that_name_no_node(bridge_factory) -> None:  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ import errno
 import io
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -227,6 +228,9 @@ class _Target:
         self.temporary = temporary
         self.hasher = blake3.blake3()
         self.written = 0
+        self._lock = threading.Lock()
+        """Held by a write: a copy dropped meanwhile closes its fd only after it (a number
+        closed under a running write could be reused by another file)."""
 
     @classmethod
     def create(cls, root: Path) -> _Target:
@@ -240,11 +244,14 @@ class _Target:
         return cls(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o444), name)
 
     def write(self, data: bytes | memoryview) -> None:
-        self.hasher.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        self.written += len(data)
+        with self._lock:
+            if self.fd < 0:
+                raise OSError(errno.EBADF, "the copy was dropped")
+            self.hasher.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            self.written += len(data)
 
     def finish(self, digest: Digest, size: int, path: str) -> None:
         """Check, make durable and name the copy; refused if it is not ``digest``."""
@@ -271,9 +278,10 @@ class _Target:
             pass  # another process made the same copy
 
     def discard(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
         if self.temporary is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.temporary)
