@@ -15,7 +15,6 @@ import pytest
 from cafs.castore.digest import Digest
 from tests.mount.conftest import (
     Corpus,
-    force_unmount,
     ingest,
     is_mounted,
     mounted,
@@ -24,7 +23,7 @@ from tests.mount.conftest import (
     wait_mounted,
 )
 from tests.mount.test_protocol import status
-from tests.mount.test_takeover import start, wait_serving
+from tests.mount.test_takeover import clean_up, start, wait_serving
 from tests.process import CAFS, cafs, cafs_bytes, store_env
 
 SIZE = 6 * 1024 * 1024 + 4321
@@ -41,6 +40,15 @@ def tree(tmp_path: Path) -> tuple[Path, bytes, str]:
     (source / "small").write_bytes(b"small files are never copied")
     home = tmp_path / "home"
     return home, data, ingest(source, home)
+
+
+def import_path_of(data: bytes, home: Path, tmp_path: Path) -> str:
+    """A store path holding ``data`` as ``large`` beside a small file; its absolute path."""
+    source = tmp_path / "pathtree"
+    source.mkdir()
+    (source / "large").write_bytes(data)
+    (source / "small").write_bytes(b"x" * 100)
+    return cafs("import", str(source), home=home).stdout.strip()
 
 
 def plain_copy(home: Path, data: bytes) -> Path:
@@ -119,11 +127,7 @@ def test_nar_dump_reads_plain_copies_and_can_leave_them(
     tree: tuple[Path, bytes, str], tmp_path: Path
 ) -> None:
     home, data, _ = tree
-    source = tmp_path / "pathtree"
-    source.mkdir()
-    (source / "large").write_bytes(data)
-    (source / "small").write_bytes(b"x" * 100)
-    store_path = cafs("import", str(source), home=home).stdout.strip()
+    store_path = import_path_of(data, home, tmp_path)
     plain = plain_copy(home, data)
     before = cafs_bytes("nar", "dump", store_path, home=home)
     assert not plain.exists()  # a plain dump leaves nothing behind
@@ -164,10 +168,7 @@ def test_the_store_mount_uses_plain_copies_too(
     tree: tuple[Path, bytes, str], tmp_path: Path
 ) -> None:
     home, data, _ = tree
-    source = tmp_path / "pathtree"
-    source.mkdir()
-    (source / "large").write_bytes(data)
-    store_path = cafs("import", str(source), home=home).stdout.strip()
+    store_path = import_path_of(data, home, tmp_path)
     cafs_bytes("nar", "dump", "--fill-plain-cache", store_path, home=home)
     with mounted_store(tmp_path / "m", home) as m:
         _, before = status(m)
@@ -217,9 +218,4 @@ def test_a_successor_answers_opens_in_the_mode_its_predecessor_left(tmp_path: Pa
         assert second.process.wait(timeout=60) == 0
         assert not is_mounted(mountpoint)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        force_unmount(mountpoint)
-        subprocess.run(["pkill", "-f", f"cafs.fuse.handover {handover}"], check=False)
+        clean_up(processes, mountpoint, handover)

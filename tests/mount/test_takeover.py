@@ -91,6 +91,17 @@ def wait_serving(mount: MountProcess, count: int, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+def clean_up(processes: list[subprocess.Popen[bytes]], mountpoint: Path, handover: Path) -> None:
+    """Kill what is left of a test's mount processes, the mount, and its keeper."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # A keeper left behind lets go once the mount is gone.
+    force_unmount(mountpoint)
+    subprocess.run(["pkill", "-f", f"cafs.fuse.handover {handover}"], check=False)
+
+
 def test_takeover_gracefully_and_after_sigkill(corpus: Corpus, tmp_path: Path) -> None:
     require_fuse()
     mountpoint, handover, log = tmp_path / "m", tmp_path / "handover", tmp_path / "mount.log"
@@ -145,13 +156,7 @@ def test_takeover_gracefully_and_after_sigkill(corpus: Corpus, tmp_path: Path) -
         assert not (handover / "keeper.sock").exists()
     finally:
         readers.stop.set()
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        # A keeper left behind lets go once the mount is gone.
-        force_unmount(mountpoint)
-        subprocess.run(["pkill", "-f", f"cafs.fuse.handover {handover}"], check=False)
+        clean_up(processes, mountpoint, handover)
         for thread in threads:
             thread.join(timeout=30)
 

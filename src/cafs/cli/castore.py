@@ -195,13 +195,8 @@ async def castore_virtiofs(
 
     async def body(services: CastoreServices) -> None:
         root = await required_directory(services, wanted)
-        flags = MountFlags(
-            list_root,
-            show_xattr,
-            False,
-            threads,
-            metrics_listen_address,
-            plain_cache_size=plain_cache_size,
+        flags = MountFlags.for_virtiofs(
+            list_root, show_xattr, threads, metrics_listen_address, plain_cache_size
         )
         await serve_virtiofs(
             services, DirectoryRootNodes(root), socket_path, flags, f"directory {wanted}"

@@ -263,6 +263,25 @@ class MountFlags:
     takeover: bool = False
     plain_cache_size: int = 0
 
+    @classmethod
+    def for_virtiofs(
+        cls,
+        list_root: bool,
+        show_xattr: bool,
+        threads: int,
+        metrics_listen_address: str | None,
+        plain_cache_size: int,
+    ) -> MountFlags:
+        """The flags of a virtiofs daemon: a VM's filesystem, no other users, no handover."""
+        return cls(
+            list_root,
+            show_xattr,
+            False,
+            threads,
+            metrics_listen_address,
+            plain_cache_size=plain_cache_size,
+        )
+
 
 def metrics_observer(flags: MountFlags) -> Callable[[int, float, int], None] | None:
     """Start the metrics endpoint ``flags`` ask for; the observer that feeds it (or None)."""

@@ -366,13 +366,8 @@ async def virtiofs_command(
     """Serve the store to a VM over vhost-user-fs at SOCKET, until the VM goes away."""
 
     async def body(services: StoreServices) -> None:
-        flags = MountFlags(
-            list_root,
-            show_xattr,
-            False,
-            threads,
-            metrics_listen_address,
-            plain_cache_size=plain_cache_size,
+        flags = MountFlags.for_virtiofs(
+            list_root, show_xattr, threads, metrics_listen_address, plain_cache_size
         )
         await serve_virtiofs(
             services, PathInfoRootNodes(services.path_infos), socket_path, flags, "the store"

@@ -58,6 +58,9 @@ class Passthrough:
         self.on_change: Callable[[int, int | None], None] | None = None
         """Told (node id, backing id) when a backing file is registered, (node id, None)
         when it is closed: a handover journal."""
+        self.on_switch: Callable[[int], None] | None = None
+        """Told the node id of an inode that goes over to its backing file: the pages the
+        kernel cached for it through cafs will not be read again (the session drops them)."""
 
     def restore(self, cached_only: set[int], backed: dict[int, int]) -> None:
         """A takeover: the inodes the predecessor served, and the backing files it registered."""
@@ -97,6 +100,8 @@ class Passthrough:
         self._backed[nodeid] = _Backed(backing_id, 1)
         if self.on_change is not None:
             self.on_change(nodeid, backing_id)
+        if self.on_switch is not None:
+            self.on_switch(nodeid)
         return backing_id
 
     def _register(self, path: str) -> int | None:

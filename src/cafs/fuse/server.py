@@ -194,6 +194,16 @@ class Session:
         self.fs = fs
         self.passthrough = passthrough
         """Backing files for opens the kernel may read itself (/dev/fuse only), once agreed."""
+        if passthrough is not None and notify is not None:
+            sent = notify
+
+            def switched(nodeid: int) -> None:
+                # Reads go to the backing file from now on: drop what the page cache holds
+                # of the file from reads through cafs, so its bytes are not in memory twice.
+                # After the OPEN reply is written, outside the request for this inode.
+                asyncio.get_running_loop().call_soon(sent, notify_inval_inode(nodeid))
+
+            passthrough.on_switch = switched
         self.observer = observer
         """Told of every request answered: opcode, seconds taken, errno (0 for success)."""
         self.options = options or SessionOptions()

@@ -18,10 +18,12 @@ match an upload, and only then is a PathInfo stored. A bad request gets a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import logging
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -42,7 +44,7 @@ from cafs.store.nar.compression import (
     sniff,
 )
 from cafs.store.nar.ingest import ingest_nar
-from cafs.store.nar.render import render_nar
+from cafs.store.nar.render import FileRange, render_nar, render_nar_pieces
 from cafs.store.narinfo import NarInfo
 from cafs.store.pathinfo import PathInfo
 from cafs.store.services import StoreServices
@@ -211,21 +213,47 @@ class NarBridge:
             return response
         # The NAR's size is known before its first byte: one that is not the
         # narsize promised is refused, not sent cut short or too long.
-        pieces = render_nar(node, self.services.blobs, self.services.directories, start, end,
-                            expected_size=nar_size)  # fmt: skip
+        pieces = render_nar_pieces(node, self.services.blobs, self.services.directories, start,
+                                   end, expected_size=nar_size, file_ranges=True)  # fmt: skip
         try:
             first = await anext(pieces)
         except NarError as exc:
             await pieces.aclose()
             raise BadRequest(400, f"{request.path}: {exc} (narsize in the URL)") from None
         await response.prepare(request)
-        await response.write(first)
         # A blob that turns out shorter than its node claims fails the render
         # here, which cuts the connection: no response that looks complete.
+        await self._send_piece(request, response, first)
         async for piece in pieces:
-            await response.write(piece)
+            await self._send_piece(request, response, piece)
         await response.write_eof()
         return response
+
+    @staticmethod
+    async def _send_piece(
+        request: web.Request, response: web.StreamResponse, piece: bytes | FileRange
+    ) -> None:
+        if isinstance(piece, bytes):
+            await response.write(piece)
+            return
+        # A plain copy of a verified blob: the kernel copies it to the socket
+        # (asyncio reads and writes it itself where sendfile cannot go, as over TLS).
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("the client went away")
+        source = await asyncio.to_thread(open, piece.path, "rb")
+        with source:
+            size = os.fstat(source.fileno()).st_size
+            if size != piece.file_size:
+                raise NarError(
+                    f"cannot render NAR: blob {piece.digest} holds {size} bytes, not the "
+                    f"{piece.file_size} its file node claims"
+                )
+            sent = await asyncio.get_running_loop().sendfile(
+                transport, source, piece.offset, piece.length
+            )
+        if sent != piece.length:
+            raise NarError(f"cannot render NAR: the plain copy of blob {piece.digest} is short")
 
     async def _send_compressed(
         self, request: web.Request, node: Node, compression: str, headers: dict[str, str]
