@@ -229,8 +229,8 @@ class _Target:
         self.hasher = blake3.blake3()
         self.written = 0
         self._lock = threading.Lock()
-        """Held by a write: a copy dropped meanwhile closes its fd only after it (a number
-        closed under a running write could be reused by another file)."""
+        """Held by a write and by naming the copy: a copy dropped meanwhile closes its fd
+        only after them (a number closed under them could be reused by another file)."""
 
     @classmethod
     def create(cls, root: Path) -> _Target:
@@ -255,6 +255,12 @@ class _Target:
 
     def finish(self, digest: Digest, size: int, path: str) -> None:
         """Check, make durable and name the copy; refused if it is not ``digest``."""
+        with self._lock:  # the fd stays this copy's until it is named (see ``_lock``)
+            if self.fd < 0:
+                raise OSError(errno.EBADF, "the copy was dropped")
+            self._finish(digest, size, path)
+
+    def _finish(self, digest: Digest, size: int, path: str) -> None:
         if self.written != size or self.hasher.digest() != digest:
             raise ValueError("its bytes do not hash to its digest")
         os.fdatasync(self.fd)
