@@ -155,18 +155,21 @@ def measure(
         between: Callable[[Path], None] | None = None,
     ) -> None:
         with peers.mount(peer) as m:
+
+            def sample(name: str) -> None:
+                """``work`` as figure ``name``, and the daemon's CPU seconds for it."""
+                before = m.cpu_seconds()
+                results.add(peer, name, work(m.root))
+                after = m.cpu_seconds()
+                if before is not None and after is not None:
+                    results.add(peer, f"{name}_cpu", after - before)
+
             drop_caches()
-            cpu = m.cpu_seconds()
-            results.add(peer, metric, work(m.root))
-            if cpu is not None:
-                results.add(peer, f"{metric}_cpu", m.cpu_seconds() - cpu)  # type: ignore[operator]
+            sample(metric)
             if warm is not None:
                 if between is not None:
                     between(m.root)
-                cpu = m.cpu_seconds()
-                results.add(peer, warm, work(m.root))
-                if cpu is not None:
-                    results.add(peer, f"{warm}_cpu", m.cpu_seconds() - cpu)  # type: ignore[operator]
+                sample(warm)
             rss = m.peak_rss_kib()
             if rss is not None:
                 results.add(peer, "peak_rss_kib", rss)

@@ -125,18 +125,10 @@ def cafs_ingest(tree: Path, home: Path) -> None:
     run([*CAFS, "castore", "ingest", str(tree)], env=cafs_env(home))
 
 
-def nix_add(tree: Path) -> Callable[[Path], None] | None:
-    if shutil.which("nix-store") is None:
-        return None
-
-    def add(_: Path) -> None:
-        path = run(["nix-store", "--add", str(tree)]).strip()
-        subprocess.run(["sync"], check=True)
-        added.append(path)
-
-    added: list[str] = []
-    add.added = added  # type: ignore[attr-defined]
-    return add
+def nix_add(tree: Path, added: list[str]) -> None:
+    """``nix-store --add`` + ``sync``; the store path goes to ``added`` (deleted after)."""
+    added.append(run(["nix-store", "--add", str(tree)]).strip())
+    subprocess.run(["sync"], check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         "layout, no fan-out": lambda out: layout(files, out, per_batch=False, fan_out=False),
     }
     ways["cafs castore ingest"] = lambda out: cafs_ingest(tree, out)
-    add = nix_add(tree)
-    if add is not None:
-        ways["nix-store --add + sync"] = add
+    added: list[str] = []
+    if shutil.which("nix-store") is not None:
+        ways["nix-store --add + sync"] = lambda _: nix_add(tree, added)
     samples: dict[str, list[float]] = {name: [] for name in ways}
     outputs: list[Path] = []
     try:
@@ -188,10 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 way(out)
                 samples[name].append(time.perf_counter() - start)
                 print(f"  {name:<24} {samples[name][-1]:6.2f} s", file=sys.stderr, flush=True)
-                if add is not None and name == "nix-store --add + sync":
-                    for path in add.added:  # type: ignore[attr-defined]
-                        subprocess.run(["nix-store", "--delete", path], capture_output=True)
-                    add.added.clear()  # type: ignore[attr-defined]
+                for path in added:
+                    subprocess.run(["nix-store", "--delete", path], capture_output=True)
+                added.clear()
     finally:
         for out in outputs:
             with contextlib.suppress(OSError):

@@ -15,6 +15,7 @@ import pytest
 from cafs.castore.digest import Digest
 from tests.mount.conftest import (
     Corpus,
+    Mount,
     ingest,
     is_mounted,
     mounted,
@@ -67,10 +68,10 @@ def drop_page_cache() -> None:
         f.write("1")
 
 
-def wait_released(mount: object, at_least: int) -> None:
+def wait_released(mount: Mount, at_least: int) -> None:
     """Until the daemon saw ``at_least`` RELEASEs (the kernel sends them after close)."""
     deadline = time.monotonic() + 10
-    while status(mount)[1].get("RELEASE", 0) < at_least:  # type: ignore[arg-type]
+    while status(mount)[1].get("RELEASE", 0) < at_least:
         assert time.monotonic() < deadline, "the kernel sent no RELEASE"
         time.sleep(0.05)
 

@@ -28,7 +28,6 @@ from cafs.cli.common import (
     use_plain_files,
     using,
 )
-from cafs.errors import NarError
 from cafs.store.nar.render import FileRange, render_nar_pieces
 from cafs.store.pathinfo import PathInfo
 from cafs.store.root_nodes import PathInfoRootNodes
@@ -106,13 +105,7 @@ async def write_stream(pieces: AsyncIterator[bytes | FileRange]) -> None:
 def _write_range(out: BinaryIO, before: list[bytes], piece: FileRange) -> None:
     out.writelines(before)
     out.flush()
-    with open(piece.path, "rb") as source:
-        actual = os.fstat(source.fileno()).st_size
-        if actual != piece.file_size:
-            raise NarError(
-                f"cannot render NAR: blob {piece.digest} holds {actual} bytes, not the "
-                f"{piece.file_size} its file node claims"
-            )
+    with piece.open() as source:
         copy_range(source.fileno(), out.fileno(), piece.offset, piece.length)
 
 

@@ -68,10 +68,6 @@ class Passthrough:
         for nodeid, backing_id in backed.items():
             self._backed[nodeid] = _Backed(backing_id, 0, pinned=True)
 
-    def backing(self) -> dict[int, int]:
-        """The backing id each inode holds now (for a successor's journal)."""
-        return {nodeid: entry.backing_id for nodeid, entry in self._backed.items()}
-
     def open(self, nodeid: int, fh: int, path: str | None, *, direct: bool = False) -> int | None:
         """The backing id to answer OPEN of ``fh`` with, or None for the page-cache path.
 
@@ -152,9 +148,3 @@ class Passthrough:
             fcntl.ioctl(self.fd, BACKING_CLOSE, struct.pack("<I", backing_id))
         except OSError as exc:
             log.warning("passthrough: closing backing file %d failed: %s", backing_id, exc)
-
-    def close(self) -> None:
-        """The session ends: the kernel drops what is registered with the connection."""
-        self._backed.clear()
-        self._cached.clear()
-        self._files.clear()

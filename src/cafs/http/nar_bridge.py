@@ -23,7 +23,6 @@ import base64
 import binascii
 import hashlib
 import logging
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -241,19 +240,12 @@ class NarBridge:
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("the client went away")
-        source = await asyncio.to_thread(open, piece.path, "rb")
-        with source:
-            size = os.fstat(source.fileno()).st_size
-            if size != piece.file_size:
-                raise NarError(
-                    f"cannot render NAR: blob {piece.digest} holds {size} bytes, not the "
-                    f"{piece.file_size} its file node claims"
-                )
+        with await asyncio.to_thread(piece.open) as source:
             sent = await asyncio.get_running_loop().sendfile(
                 transport, source, piece.offset, piece.length
             )
         if sent != piece.length:
-            raise NarError(f"cannot render NAR: the plain copy of blob {piece.digest} is short")
+            raise NarError(f"cannot render NAR: blob {piece.node.digest}: its plain copy is short")
 
     async def _send_compressed(
         self, request: web.Request, node: Node, compression: str, headers: dict[str, str]

@@ -84,7 +84,6 @@ class _Input:
         return len(self._buffer) - self._position
 
     async def _read(self) -> bool:
-        # One hashing worker: the updates run in the order of the blocks.
         block = await self._block()
         if not block:
             return False
@@ -139,6 +138,7 @@ class _Input:
         if not block:
             self._ended = True
             return b""
+        # One hashing worker: the updates run in the order of the blocks.
         loop = asyncio.get_running_loop()
         self._hashed = loop.run_in_executor(self._hashing, self._hasher.update, block)
         return block
@@ -197,7 +197,7 @@ class _Blobs:
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def small(self, data: bytes) -> Digest:
-        """Queue a small file for the next batch (stored once ``flush_if_due`` says so)."""
+        """Queue a small file for the next batch (stored by ``flush`` once ``due``)."""
         digest = Digest.of(data)
         self._batch.append(data)
         self._digests.append(digest)
@@ -209,9 +209,6 @@ class _Blobs:
         return len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES
 
     async def flush(self) -> None:
-        await self._flush()
-
-    async def _flush(self) -> None:
         if not self._batch:
             return
         while len(self._in_flight) >= BATCHES_IN_FLIGHT:
@@ -242,7 +239,7 @@ class _Blobs:
         return await writer.close()
 
     async def finish(self) -> None:
-        await self._flush()
+        await self.flush()
         while self._in_flight:
             task = self._in_flight.pop()
             await task

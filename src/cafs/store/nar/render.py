@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from cafs.castore.blobs.base import BlobReader, BlobService
 from cafs.castore.digest import EMPTY_DIGEST, Digest
@@ -46,9 +48,17 @@ class FileRange:
     path: str
     offset: int
     length: int
-    digest: Digest
-    file_size: int
-    """The size the file's node claims: a plain file of another size is an error."""
+    node: FileNode
+    """The file's node: a plain file of another size than it claims is an error."""
+
+    def open(self) -> BinaryIO:
+        """The plain file, open for reading, once its size is the node's (blocking)."""
+        source = open(self.path, "rb")  # noqa: SIM115 - handed to the caller
+        actual = os.fstat(source.fileno()).st_size
+        if actual != self.node.size:
+            source.close()
+            raise _size_problem(self.node, actual)
+        return source
 
 
 @dataclass
@@ -333,7 +343,7 @@ async def render_nar_pieces(
                     yield bytes(out)
                     out.clear()
                 if isinstance(reader, str):
-                    yield FileRange(reader, lo, hi - lo, piece.node.digest, piece.node.size)
+                    yield FileRange(reader, lo, hi - lo, piece.node)
                     continue
                 assert isinstance(reader, BlobReader)
                 # Large contents pass through as read, without another copy.
